@@ -1,0 +1,145 @@
+"""ResNet trunks for re-ID (BoT, Luo et al. 2019).
+
+A backbone maps images ``[B, 3, H, W]`` to the last feature map ``[B, C, H/s, W/s]`` where ``s`` is the
+output stride. Pooling and the classifier are not part of it: the ICG network pools the map several ways.
+
+Output stride
+    * 32: torchvision's ResNet unchanged.
+    * 16 (default, BoT's "last stride 1"): the first block of ``layer4`` has stride 1 instead of 2 and no
+      dilation, exactly as BoT does; a 256x128 image gives a 16x8 map.
+    * 8: additionally ``layer3`` runs at stride 1, dilated by 2 through torchvision's
+      ``replace_stride_with_dilation``; ``layer4`` then keeps dilation 2 and stride 1 (the same "no stride, no
+      extra dilation" treatment BoT gives it at stride 16). A 256x128 image gives a 32x16 map, finer part maps
+      for the PPC module. Only Bottleneck ResNets (50/101) support dilation.
+
+Weights
+    ``pretrained=True`` loads torchvision's ``IMAGENET1K_V1`` weights through its weights API, which looks in
+    ``<torch.hub.get_dir()>/checkpoints`` first (``$TORCH_HOME/hub/checkpoints``, by default
+    ``~/.cache/torch/hub/checkpoints``) and downloads otherwise. Offline and without the file,
+    :class:`PretrainedWeightsUnavailableError` says which file to place where.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from urllib.error import URLError
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import (
+    ResNet,
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    ResNet101_Weights,
+    WeightsEnum,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+)
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+__all__ = ["PretrainedWeightsUnavailableError", "ResNetBackbone", "build_backbone", "weights_cache_path"]
+
+_RESNETS: dict[str, tuple[Callable[..., ResNet], WeightsEnum, int]] = {
+    "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1, 512),
+    "resnet34": (resnet34, ResNet34_Weights.IMAGENET1K_V1, 512),
+    "resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V1, 2048),
+    "resnet101": (resnet101, ResNet101_Weights.IMAGENET1K_V1, 2048),
+}
+_BOTTLENECK_RESNETS = ("resnet50", "resnet101")
+
+
+class PretrainedWeightsUnavailableError(RuntimeError):
+    """ImageNet weights are neither in the torch hub cache nor downloadable."""
+
+
+def weights_cache_path(weights: WeightsEnum) -> str:
+    """Where torch hub looks for (and would download) ``weights``: ``<hub dir>/checkpoints/<file name>``."""
+    file_name = os.path.basename(urlparse(weights.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", file_name)
+
+
+def _load_state_dict(name: str, weights: WeightsEnum) -> dict[str, Tensor]:
+    try:
+        return weights.get_state_dict(progress=True)
+    except (URLError, OSError) as error:
+        # URLError is an OSError; both catch "no network", and OSError also a cache dir that is not writable.
+        path = weights_cache_path(weights)
+        raise PretrainedWeightsUnavailableError(
+            f"cannot load ImageNet weights for backbone {name!r}: {path} does not exist and downloading "
+            f"{weights.url} failed ({error}). Place the file {os.path.basename(path)} in "
+            f"{os.path.dirname(path)} (set TORCH_HOME to use another cache dir), or pass pretrained=False."
+        ) from error
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without ``avgpool`` and ``fc``, returning the last feature map.
+
+    Args:
+        name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
+        pretrained: load torchvision's ImageNet weights (``IMAGENET1K_V1``).
+        output_stride: 32, 16 (BoT's last stride 1) or 8 (``layer3`` dilated too; resnet50/101 only).
+
+    Shapes:
+        ``forward``: ``[B, 3, H, W] -> [B, out_channels, ceil(H / output_stride), ceil(W / output_stride)]``
+        (exact division for inputs that are multiples of 32).
+    """
+
+    def __init__(self, name: str = "resnet50", *, pretrained: bool = True, output_stride: int = 16) -> None:
+        super().__init__()
+        if name not in _RESNETS:
+            raise ValueError(f"backbone name must be one of {sorted(_RESNETS)}, got {name!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if output_stride == 8 and name not in _BOTTLENECK_RESNETS:
+            raise ValueError(
+                f"output_stride=8 needs dilated convolutions, which torchvision's BasicBlock ({name}) does not "
+                f"support; use output_stride=16 or one of {list(_BOTTLENECK_RESNETS)}"
+            )
+        factory, weights, channels = _RESNETS[name]
+        resnet = factory(weights=None, replace_stride_with_dilation=[False, output_stride == 8, False])
+        if pretrained:
+            resnet.load_state_dict(_load_state_dict(name, weights))
+        if output_stride <= 16:
+            _remove_layer4_stride(resnet.layer4)
+
+        self.name = name
+        self.output_stride = output_stride
+        self.out_channels = channels
+        self.conv1 = resnet.conv1
+        self.bn1 = resnet.bn1
+        self.relu = resnet.relu
+        self.maxpool = resnet.maxpool
+        self.layer1 = resnet.layer1
+        self.layer2 = resnet.layer2
+        self.layer3 = resnet.layer3
+        self.layer4 = resnet.layer4
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+
+def _remove_layer4_stride(layer4: nn.Sequential) -> None:
+    # The stride lives in conv2 of a Bottleneck and conv1 of a BasicBlock, and always in the shortcut.
+    block = layer4[0]
+    if isinstance(block, Bottleneck):
+        block.conv2.stride = (1, 1)
+    elif isinstance(block, BasicBlock):
+        block.conv1.stride = (1, 1)
+    else:
+        raise TypeError(f"unexpected ResNet block type {type(block).__name__}")
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
+def build_backbone(name: str = "resnet50", *, pretrained: bool = True, output_stride: int = 16) -> ResNetBackbone:
+    """Build a :class:`ResNetBackbone`; see there for the arguments."""
+    return ResNetBackbone(name, pretrained=pretrained, output_stride=output_stride)

@@ -1,0 +1,210 @@
+"""The ICG network: backbone, AFM, PPC, FSG and one BNNeck per branch (paper Fig. 2, appendix A.1.2).
+
+Data flow for one batch ``[B, 3, H, W]`` (``C`` channels, ``h x w`` the backbone map, ``K`` parts)::
+
+    F_theta = backbone(images)                           [B, C, h, w]
+    F_g     = F_theta * S_A             (AFM)            [B, C, h, w]
+    P_f     = softmax(ForegroundHead(F_g))[:, 1]  (AFM)  [B, h, w]
+    P_0..K  = softmax(PPC(L2norm(F_g * P_f)))     (PPC)  [B, K + 1, h, w]
+    parts   = weighted mean of F_g under P_1..P_K        [B, K, C]
+
+    "global"     GAP(F_g)                                [B, C]
+    "foreground" weighted mean of F_g under P_f          [B, C]
+    "parts"      parts, concatenated                     [B, K * C]
+    "graph"      FSG(parts, visibility)                  [B, C]
+
+Each branch goes through its own :class:`~icg.model.heads.BNNeck`. The parts branch has a single BNNeck on the
+concatenated ``[B, K * C]`` vector, so its triplet, center and identity losses see the whole part set at once;
+the after-BN vector viewed as ``[B, K, C]`` gives the per-part features used at retrieval time (BatchNorm1d is
+per channel, so each part keeps its own normalisation).
+
+Switches: the foreground branch exists with ``use_afm``, the parts branch with ``use_ppc``, the graph branch with
+``use_fsg`` (which needs ``use_ppc``). With all three off the network is BoT: backbone, GAP, one BNNeck.
+When the AFM is off, the PPC classifies ``F_g`` directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from icg.model.afm import ForegroundHead, SpatialAttention
+from icg.model.backbone import build_backbone
+from icg.model.fsg import FlexibleStructureGraph
+from icg.model.heads import BNNeck
+from icg.model.ppc import PixelPartClassifier, part_visibility, weighted_mean_pool
+from icg.retrieval import ReIDFeatures
+
+__all__ = ["BranchOutput", "ICGNet", "ICGOutput", "to_reid_features"]
+
+
+@dataclass
+class BranchOutput:
+    """One branch's BNNeck output.
+
+    Attributes:
+        features: before BN, ``[B, D]`` (triplet and center losses).
+        bn_features: after BN, ``[B, D]`` (retrieval).
+        logits: identity logits, ``[B, num_classes]`` (cross-entropy).
+    """
+
+    features: Tensor
+    bn_features: Tensor
+    logits: Tensor
+
+
+@dataclass
+class ICGOutput:
+    """Everything one forward pass of :class:`ICGNet` produces.
+
+    Attributes:
+        feature_map: ``F_g`` ``[B, C, h, w]`` (after the spatial attention when the AFM is on); the foreground
+            target of :func:`~icg.model.afm.foreground_target` is computed from it.
+        branches: the active branches in the order global, foreground, parts, graph.
+        fg_logits: foreground head ``[B, 2, h, w]`` (channel 1 = foreground), ``None`` without AFM.
+        part_logits: part classifier ``[B, K + 1, h, w]`` (channel 0 = background), ``None`` without PPC.
+        visibility: ``[B, K]`` bool, part ``k + 1`` is the arg-max of some cell; ``None`` without PPC.
+        part_bn_features: the parts branch's after-BN feature as ``[B, K, C]``; ``None`` without PPC.
+    """
+
+    feature_map: Tensor
+    branches: dict[str, BranchOutput] = field(default_factory=dict)
+    fg_logits: Tensor | None = None
+    part_logits: Tensor | None = None
+    visibility: Tensor | None = None
+    part_bn_features: Tensor | None = None
+
+
+def to_reid_features(output: ICGOutput) -> ReIDFeatures:
+    """The after-BN retrieval features of an :class:`ICGOutput` (branches that are off give ``None``)."""
+
+    def bn(name: str) -> Tensor | None:
+        branch = output.branches.get(name)
+        return None if branch is None else branch.bn_features
+
+    return ReIDFeatures(
+        global_feat=output.branches["global"].bn_features,
+        foreground=bn("foreground"),
+        parts=output.part_bn_features,
+        graph=bn("graph"),
+        visibility=output.visibility,
+    )
+
+
+class ICGNet(nn.Module):
+    """Instance-level Consistent Graph network for person re-ID.
+
+    Args:
+        num_classes: number of training identities (classifier outputs).
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        pretrained: start the backbone from torchvision's ImageNet weights.
+        num_parts: ``K``, the number of body parts of the PPC (default 6, the paper's best).
+        use_afm: attention-based foreground mask and the foreground branch.
+        use_ppc: pixel-wise part classifier and the parts branch.
+        use_fsg: flexible structure graph and the graph branch (needs ``use_ppc``).
+        gcn_layers: number of GCN layers in the FSG.
+        output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
+        pool_eps: added to the weight sums of the weighted mean pooling.
+
+    Shapes:
+        ``forward``: ``[B, 3, H, W] -> ICGOutput``; ``extract``: ``[B, 3, H, W] -> ReIDFeatures``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "resnet50",
+        pretrained: bool = True,
+        num_parts: int = 6,
+        use_afm: bool = True,
+        use_ppc: bool = True,
+        use_fsg: bool = True,
+        gcn_layers: int = 2,
+        output_stride: int = 16,
+        pool_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if use_fsg and not use_ppc:
+            raise ValueError("use_fsg=True needs use_ppc=True: the graph's nodes are the PPC part features")
+        if use_ppc and num_parts < 1:
+            raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        self.num_classes = num_classes
+        self.num_parts = num_parts
+        self.use_afm = use_afm
+        self.use_ppc = use_ppc
+        self.use_fsg = use_fsg
+        self.pool_eps = pool_eps
+
+        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
+        channels = self.backbone.out_channels
+        self.out_channels = channels
+        self.attention = SpatialAttention() if use_afm else None
+        self.foreground_head = ForegroundHead(channels) if use_afm else None
+        self.part_classifier = PixelPartClassifier(channels, num_parts) if use_ppc else None
+        self.graph = FlexibleStructureGraph(num_parts, channels, num_layers=gcn_layers) if use_fsg else None
+        self.heads = nn.ModuleDict({name: BNNeck(dim, num_classes) for name, dim in self.branch_dims.items()})
+
+    @property
+    def branch_dims(self) -> dict[str, int]:
+        """Feature size of each active branch, in forward order (what :class:`~icg.losses.ICGLoss` needs)."""
+        dims = {"global": self.out_channels}
+        if self.use_afm:
+            dims["foreground"] = self.out_channels
+        if self.use_ppc:
+            dims["parts"] = self.num_parts * self.out_channels
+        if self.use_fsg:
+            dims["graph"] = self.out_channels
+        return dims
+
+    def forward(self, images: Tensor) -> ICGOutput:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        feature_map = self.feature_map(images)
+        output = ICGOutput(feature_map=feature_map)
+        output.branches["global"] = self._head("global", feature_map.mean(dim=(2, 3)))
+
+        classifier_input = feature_map
+        if self.foreground_head is not None:
+            output.fg_logits = self.foreground_head(feature_map)
+            fg_prob = output.fg_logits.softmax(dim=1)[:, 1:]
+            foreground = weighted_mean_pool(feature_map, fg_prob, eps=self.pool_eps)[:, 0]
+            output.branches["foreground"] = self._head("foreground", foreground)
+            classifier_input = feature_map * fg_prob.to(feature_map.dtype)
+
+        if self.part_classifier is not None:
+            output.part_logits = self.part_classifier(classifier_input)
+            part_prob = output.part_logits.softmax(dim=1)[:, 1:]
+            parts = weighted_mean_pool(feature_map, part_prob, eps=self.pool_eps)
+            output.visibility = part_visibility(output.part_logits)
+            output.branches["parts"] = self._head("parts", parts.flatten(1))
+            output.part_bn_features = output.branches["parts"].bn_features.view_as(parts)
+            if self.graph is not None:
+                output.branches["graph"] = self._head("graph", self.graph(parts, output.visibility))
+        return output
+
+    def feature_map(self, images: Tensor) -> Tensor:
+        """``F_g`` ``[B, C, h, w]``: the backbone map, after the spatial attention when the AFM is on."""
+        feature_map = self.backbone(images)
+        if self.attention is not None:
+            feature_map = feature_map * self.attention(feature_map)
+        return feature_map
+
+    @torch.no_grad()
+    def extract(self, images: Tensor) -> ReIDFeatures:
+        """Retrieval features of ``images`` in eval mode (the training mode is restored afterwards)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return to_reid_features(self(images))
+        finally:
+            self.train(was_training)
+
+    def _head(self, name: str, features: Tensor) -> BranchOutput:
+        return BranchOutput(*self.heads[name](features))

@@ -1,0 +1,98 @@
+"""Pixel-wise human parts clustering (PPC), paper section 2.2, eq. 5-8 and 18-19.
+
+A 1x1 convolution on the per-pixel L2-normalised foreground map ``F_f`` (``F_g`` when the AFM is off) gives
+``K + 1`` logits per cell; their softmax is ``P_0 .. P_K`` with ``P_0`` the background. The classifier is
+trained against the K-means pseudo-labels (``L_par``, pixel cross-entropy); the clustering lives outside the
+network. Note that normalising each cell cancels the per-cell factor of ``F_f = F_g * P_f``: the classifier
+sees the direction of ``F_g`` either way, and the foreground reaches it through the pseudo-labels (background
+cells are class 0), not through ``P_f``. We still feed ``F_f`` as the paper writes.
+
+Part features are *weighted means*, ``f_k = sum_xy P_k(x, y) F_g(x, y) / (sum_xy P_k(x, y) + eps)``, rather
+than the plain average of ``F_g * P_k`` over all cells that eq. 7-8 suggest: with the plain average a part
+covering few cells (shoes, a head partly cut off) would get a feature proportionally smaller than a large one,
+so its norm would encode its area instead of its appearance. The weighted mean is the average feature of the
+cells the part covers, whatever their number.
+
+A part is *visible* in an image when it is the arg-max class of at least one cell (appendix A.1.1); only
+visible parts enter the retrieval distance and the graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PixelPartClassifier", "part_visibility", "weighted_mean_pool"]
+
+
+class PixelPartClassifier(nn.Module):
+    """Per-cell classifier over background + ``num_parts`` parts, on L2-normalised features (eq. 5-6).
+
+    Normalising each cell's feature makes the classification depend on its direction only, the same quantity
+    the K-means pseudo-labels are computed from; a bright and a dim cell of the same part get the same label.
+
+    Args:
+        in_channels: ``C`` of the feature map.
+        num_parts: ``K``.
+
+    Shapes:
+        ``forward``: ``[B, C, h, w] -> [B, K + 1, h, w]`` logits, channel 0 = background.
+    """
+
+    def __init__(self, in_channels: int, num_parts: int) -> None:
+        super().__init__()
+        if num_parts < 1:
+            raise ValueError(f"num_parts must be >= 1, got {num_parts}")
+        self.num_parts = num_parts
+        self.conv = nn.Conv2d(in_channels, num_parts + 1, kernel_size=1)
+
+    def forward(self, feature_map: Tensor) -> Tensor:
+        return self.conv(F.normalize(feature_map, dim=1))
+
+
+def weighted_mean_pool(feature_map: Tensor, weights: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Average of the feature map under each of several non-negative weight maps.
+
+    ``out[b, k] = sum_xy weights[b, k, x, y] * feature_map[b, :, x, y] / (sum_xy weights[b, k, x, y] + eps)``.
+    ``eps`` makes a weight map that is zero everywhere give a zero feature rather than NaN.
+
+    Args:
+        feature_map: ``[B, C, h, w]``.
+        weights: ``[B, K, h, w]``, e.g. ``P_1 .. P_K`` or ``P_f[:, None]``.
+
+    Returns:
+        ``[B, K, C]``.
+    """
+    if feature_map.dim() != 4 or weights.dim() != 4:
+        raise ValueError(
+            f"feature_map and weights must be 4-d, got shapes {tuple(feature_map.shape)} and {tuple(weights.shape)}"
+        )
+    if weights.shape[0] != feature_map.shape[0] or weights.shape[2:] != feature_map.shape[2:]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} must match feature_map {tuple(feature_map.shape)} in batch and "
+            f"spatial size"
+        )
+    weighted_sum = torch.einsum("bkhw,bchw->bkc", weights.to(feature_map.dtype), feature_map)
+    # The normaliser is summed in float32 at least: under bf16 autocast a sum of 128+ probabilities loses digits.
+    precise = torch.promote_types(weights.dtype, torch.float32)
+    mass = weights.to(precise).sum(dim=(2, 3)) + eps
+    return (weighted_sum.to(precise) / mass[:, :, None]).to(weighted_sum.dtype)
+
+
+def part_visibility(part_logits: Tensor) -> Tensor:
+    """Which parts are the arg-max class of at least one cell.
+
+    Args:
+        part_logits: ``[B, K + 1, h, w]``, channel 0 = background.
+
+    Returns:
+        ``BoolTensor [B, K]``; column ``k`` is part ``k + 1``.
+    """
+    if part_logits.dim() != 4 or part_logits.shape[1] < 2:
+        raise ValueError(f"part_logits must be [B, K + 1, h, w] with K >= 1, got shape {tuple(part_logits.shape)}")
+    batch, classes = part_logits.shape[:2]
+    winners = part_logits.argmax(dim=1).flatten(1)
+    hit = torch.zeros(batch, classes, dtype=torch.bool, device=part_logits.device)
+    hit.scatter_(1, winners, True)
+    return hit[:, 1:]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target
+
+
+def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Channel mean and max, zero-padded 2 -> 1 cross-correlation, sigmoid; written with explicit loops."""
+    batch, _, height, width = x.shape
+    pooled = np.stack([x.mean(axis=1), x.max(axis=1)], axis=1)
+    size = kernel.shape[-1]
+    pad = size // 2
+    padded = np.pad(pooled, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((batch, 1, height, width))
+    for b in range(batch):
+        for i in range(height):
+            for j in range(width):
+                out[b, 0, i, j] = np.sum(padded[b, :, i : i + size, j : j + size] * kernel[0])
+    return 1.0 / (1.0 + np.exp(-out))
+
+
+def test_spatial_attention_matches_reference() -> None:
+    torch.manual_seed(0)
+    attention = SpatialAttention()
+    x = torch.randn(2, 5, 6, 4, dtype=torch.float64)
+    attention.double()
+    expected = _numpy_spatial_attention(x.numpy(), attention.conv.weight.detach().numpy())
+    out = attention(x)
+    assert out.shape == (2, 1, 6, 4)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_spatial_attention_rejects_even_kernel() -> None:
+    with pytest.raises(ValueError, match="kernel_size"):
+        SpatialAttention(kernel_size=6)
+
+
+def test_foreground_head_is_a_per_cell_linear_map() -> None:
+    torch.manual_seed(0)
+    head = ForegroundHead(7).double()
+    x = torch.randn(2, 7, 3, 2, dtype=torch.float64)
+    weight = head.conv.weight.detach().numpy()[:, :, 0, 0]
+    bias = head.conv.bias.detach().numpy()
+    expected = np.einsum("oc,bchw->bohw", weight, x.numpy()) + bias[None, :, None, None]
+    np.testing.assert_allclose(head(x).detach().numpy(), expected, rtol=1e-10)
+
+
+def test_foreground_target_hand_case() -> None:
+    # Cell norms 5, 1, 2.5, 10 -> relative 0.5, 0.1, 0.25, 1.0; 0.5 counts as foreground (>=).
+    cells = torch.tensor([[3.0, 4.0], [0.0, 1.0], [0.0, 2.5], [6.0, 8.0]])
+    image = cells.T.reshape(2, 2, 2)
+    # The second image is the first scaled by 100 and the third is all zero: the max is per image.
+    feature_map = torch.stack([image, 100 * image, torch.zeros_like(image)])
+    target = foreground_target(feature_map)
+    assert target.dtype == torch.long
+    expected = torch.tensor([[[1, 0], [0, 1]], [[1, 0], [0, 1]], [[0, 0], [0, 0]]])
+    torch.testing.assert_close(target, expected)
+    torch.testing.assert_close(foreground_target(feature_map, threshold=0.2)[0], torch.tensor([[1, 0], [1, 1]]))
+
+
+def test_foreground_target_is_detached_and_checks_input() -> None:
+    feature_map = torch.rand(1, 3, 2, 2, requires_grad=True)
+    assert not foreground_target(feature_map).requires_grad
+    with pytest.raises(ValueError, match="threshold"):
+        foreground_target(feature_map, threshold=1.5)
+    with pytest.raises(ValueError, match="feature_map"):
+        foreground_target(torch.rand(3, 2, 2))

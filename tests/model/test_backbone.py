@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+from urllib.error import URLError
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 URL
+
+
+@pytest.mark.parametrize(("output_stride", "expected_hw"), [(16, (4, 2)), (32, (2, 1))])
+def test_resnet18_output_shape(output_stride: int, expected_hw: tuple[int, int]) -> None:
+    backbone = build_backbone("resnet18", pretrained=False, output_stride=output_stride)
+    out = backbone(torch.randn(2, 3, 64, 32))
+    assert out.shape == (2, 512, *expected_hw)
+    assert backbone.out_channels == 512
+
+
+def test_resnet50_stride8_is_dilated() -> None:
+    backbone = ResNetBackbone("resnet50", pretrained=False, output_stride=8)
+    out = backbone(torch.randn(1, 3, 64, 32))
+    assert out.shape == (1, 2048, 8, 4)
+    assert backbone.out_channels == 2048
+    # layer3 and layer4 run at stride 1; the lost resolution is made up by dilation 2 in their 3x3 convs.
+    assert backbone.layer3[0].conv2.stride == (1, 1) and backbone.layer3[1].conv2.dilation == (2, 2)
+    assert all(block.conv2.dilation == (2, 2) and block.conv2.stride == (1, 1) for block in backbone.layer4)
+
+
+def test_no_pooling_or_classifier() -> None:
+    names = {name for name, _ in build_backbone("resnet18", pretrained=False).named_children()}
+    assert names == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"}
+
+
+def test_basic_block_stride8_is_rejected() -> None:
+    with pytest.raises(ValueError, match="resnet34.*output_stride=16"):
+        build_backbone("resnet34", pretrained=False, output_stride=8)
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "resnet51"}, {"output_stride": 4}])
+def test_bad_arguments(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="name|output_stride"):
+        build_backbone(**{"pretrained": False, **kwargs})
+
+
+@pytest.mark.parametrize("error", [URLError("no network"), OSError("Network is unreachable")])
+def test_offline_without_cache_names_file_and_dir(tmp_path, monkeypatch, error: Exception) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(PretrainedWeightsUnavailableError) as info:
+        build_backbone("resnet18", pretrained=True)
+    message = str(info.value)
+    assert RESNET18_FILE in message
+    assert os.path.join(str(tmp_path), "hub", "checkpoints") in message
+    assert "pretrained=False" in message
+
+
+def test_cached_weights_are_loaded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    torch.manual_seed(0)
+    reference = resnet18(weights=None)
+    with torch.no_grad():
+        for buffer in reference.buffers():
+            if buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)
+    state = reference.state_dict()
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / RESNET18_FILE)
+
+    backbone = build_backbone("resnet18", pretrained=True)
+    loaded = backbone.state_dict()
+    assert set(loaded) == {key for key in state if not key.startswith("fc.")}
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from icg.model.ppc import PixelPartClassifier, part_visibility, weighted_mean_pool
+
+
+def test_classifier_reference_and_shape() -> None:
+    torch.manual_seed(0)
+    classifier = PixelPartClassifier(5, num_parts=3).double()
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    logits = classifier(x)
+    assert logits.shape == (2, 4, 4, 3)
+    weight = classifier.conv.weight.detach().numpy()[:, :, 0, 0]
+    bias = classifier.conv.bias.detach().numpy()
+    xs = x.numpy()
+    for b in range(2):
+        for i in range(4):
+            for j in range(3):
+                cell = xs[b, :, i, j]
+                expected = weight @ (cell / np.linalg.norm(cell)) + bias
+                np.testing.assert_allclose(logits[b, :, i, j].detach().numpy(), expected, rtol=1e-10)
+
+
+def test_classifier_ignores_the_scale_of_each_cell() -> None:
+    torch.manual_seed(0)
+    classifier = PixelPartClassifier(8, num_parts=6)
+    x = torch.randn(2, 8, 4, 2)
+    scale = torch.rand(2, 1, 4, 2) * 10 + 0.1
+    torch.testing.assert_close(classifier(x * scale), classifier(x), rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_rejects_zero_parts() -> None:
+    with pytest.raises(ValueError, match="num_parts"):
+        PixelPartClassifier(8, num_parts=0)
+
+
+def test_weighted_mean_pool_matches_loop() -> None:
+    torch.manual_seed(0)
+    feature_map = torch.randn(2, 3, 4, 2, dtype=torch.float64)
+    weights = torch.rand(2, 5, 4, 2, dtype=torch.float64)
+    pooled = weighted_mean_pool(feature_map, weights, eps=1e-6)
+    assert pooled.shape == (2, 5, 3)
+    f, w = feature_map.numpy(), weights.numpy()
+    for b in range(2):
+        for k in range(5):
+            numerator = np.zeros(3)
+            mass = 0.0
+            for i in range(4):
+                for j in range(2):
+                    numerator += w[b, k, i, j] * f[b, :, i, j]
+                    mass += w[b, k, i, j]
+            np.testing.assert_allclose(pooled[b, k].numpy(), numerator / (mass + 1e-6), rtol=1e-10)
+
+
+def test_weighted_mean_pool_does_not_scale_with_area() -> None:
+    # A constant feature under a 1-cell and a 6-cell mask pools to (almost exactly) that feature both times.
+    feature_map = torch.tensor([1.0, -2.0, 3.0])[None, :, None, None].expand(1, 3, 3, 2)
+    weights = torch.zeros(1, 2, 3, 2)
+    weights[0, 0, 1, 1] = 1.0
+    weights[0, 1] = 1.0
+    pooled = weighted_mean_pool(feature_map, weights)
+    torch.testing.assert_close(pooled[0, 0], torch.tensor([1.0, -2.0, 3.0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(pooled[0, 1], torch.tensor([1.0, -2.0, 3.0]), rtol=1e-5, atol=0)
+
+
+def test_weighted_mean_pool_of_empty_mask_is_zero() -> None:
+    feature_map = torch.randn(1, 4, 2, 2, requires_grad=True)
+    pooled = weighted_mean_pool(feature_map, torch.zeros(1, 1, 2, 2))
+    assert torch.equal(pooled, torch.zeros(1, 1, 4))
+    pooled.sum().backward()
+    assert torch.isfinite(feature_map.grad).all()
+
+
+def test_weighted_mean_pool_checks_shapes() -> None:
+    with pytest.raises(ValueError, match="weights"):
+        weighted_mean_pool(torch.randn(2, 4, 3, 2), torch.rand(2, 5, 2, 2))
+
+
+def test_visibility_is_the_argmax_rule() -> None:
+    # K = 3, 2x2 maps. Image 0: winning classes [[0, 1], [1, 3]] -> parts 1 and 3 visible, part 2 not even
+    # though it is a close second everywhere. Image 1: background wins everywhere -> nothing visible.
+    winners = torch.tensor([[[0, 1], [1, 3]], [[0, 0], [0, 0]]])
+    logits = torch.nn.functional.one_hot(winners, 4).permute(0, 3, 1, 2).float() * 2.0
+    logits[:, 2] = 1.9
+    visibility = part_visibility(logits)
+    assert visibility.dtype == torch.bool
+    torch.testing.assert_close(visibility, torch.tensor([[True, False, True], [False, False, False]]))
+
+
+def test_visibility_checks_shape() -> None:
+    with pytest.raises(ValueError, match="part_logits"):
+        part_visibility(torch.randn(2, 1, 3, 3))
