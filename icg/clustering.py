@@ -1,0 +1,592 @@
+"""Part pseudo-labels by per-identity spherical K-means (paper section 2.2): the ``PartClustering`` callback.
+
+For every training identity, the foreground cells of the feature map ``F_g`` of *all* its training images
+(no augmentation, model in eval mode) are L2-normalised and clustered into ``K`` clusters; the clusters are
+numbered ``1..K`` from top to bottom by the mean row of their cells, background cells are ``0``. A cell is
+foreground when its feature norm is at least ``fg_threshold`` of the image's largest, the same rule as the
+AFM target (:func:`icg.model.foreground_target`). The labels go into the module's ``part_labels`` buffer
+(``uint8 [N, h, w]``) and ``labelled`` flags (``bool [N]``), where :class:`icg.ICGModule` reads them.
+
+Decisions the paper leaves open:
+
+* **Streaming.** The pass walks the training set sorted by identity, keeps only the current identity's
+  foreground features (float32, on the CPU) and clusters them when its last image has gone by, so memory is
+  bounded by the largest identity plus one batch, never by the training set. On CUDA the forward pass runs
+  under bf16 autocast (fp16 where the GPU has no bf16); the features are taken back to float32.
+* **K-means.** faiss, spherical (centroids renormalised every iteration, assignment by inner product),
+  ``niter`` Lloyd iterations, all points used (no subsampling). Centroids start from a k-means++ seeding
+  drawn here with numpy, which avoids most of the poor local optima that faiss's default seeding (``K``
+  random points) falls into when parts differ a lot in size; it also works with any faiss version. The
+  random stream of an identity depends only on ``seed`` and the identity's position among the sorted ids,
+  so the labels do not depend on how identities are spread over processes. On a CUDA module with a faiss
+  build that has GPUs, K-means runs on the process's own device (one ``StandardGpuResources`` per
+  :class:`SphericalKMeans`, reused).
+* **Too few foreground cells.** An identity with fewer foreground cells than ``K`` is not clustered: its rows
+  are left unlabelled (``labelled = False``, labels 0), so the module falls back to ``K`` horizontal bands of
+  the current foreground for them. One warning per pass gives their count.
+* **DDP.** The sorted identities are dealt out to ranks (``ids[rank::world_size]``); each rank extracts and
+  clusters its own, fills zeros elsewhere, and the buffers are summed across ranks (as int32: not every backend
+  sums uint8), so every rank ends with the same labels.
+* **Schedule and resume.** Clustering runs at the start of epochs ``0, n, 2n, ...``. The epoch of the last
+  clustering is part of the callback's state (saved in checkpoints by Lightning), and an epoch whose labels
+  already exist is not clustered again: resuming within a clustering epoch (Lightning runs its start hooks
+  again when the checkpoint was written during them) keeps the checkpoint's labels, which come back with the
+  module's buffers, until the next scheduled epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from icg.model import foreground_target
+
+__all__ = [
+    "ClusteringResult",
+    "PartClustering",
+    "SphericalKMeans",
+    "cluster_part_labels",
+    "kmeans_plusplus",
+    "parts_top_to_bottom",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "part clustering needs faiss: `pip install faiss-cpu` (or `pip install icg[cpu]`), or a faiss GPU "
+            "build for CUDA machines (`pip install icg[gpu]`)"
+        ) from error
+    return faiss
+
+
+def kmeans_plusplus(points: np.ndarray, num_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) of unit vectors: each new centre is drawn with probability
+    proportional to the squared distance ``2 - 2 cos`` to the nearest centre drawn so far.
+
+    Args:
+        points: ``float32 [n, d]``, rows of unit norm, ``n >= num_clusters``.
+        num_clusters: ``k``.
+        rng: source of the draws.
+
+    Returns:
+        ``float32 [k, d]`` rows of ``points``.
+    """
+    n = len(points)
+    chosen = [int(rng.integers(n))]
+    nearest = np.maximum(2.0 - 2.0 * (points @ points[chosen[0]]), 0.0)
+    for _ in range(1, num_clusters):
+        total = float(nearest.sum())
+        if total > 0.0:
+            pick = int(np.searchsorted(np.cumsum(nearest), rng.random() * total, side="right"))
+            chosen.append(min(pick, n - 1))
+        else:
+            # every point coincides with a centre already: any point will do
+            chosen.append(int(rng.integers(n)))
+        np.minimum(nearest, np.maximum(2.0 - 2.0 * (points @ points[chosen[-1]]), 0.0), out=nearest)
+    return np.ascontiguousarray(points[chosen], dtype=np.float32)
+
+
+class SphericalKMeans:
+    """Spherical K-means with faiss, on the CPU or on one CUDA device, seeded by :func:`kmeans_plusplus`.
+
+    Args:
+        num_clusters: ``k``.
+        niter: Lloyd iterations.
+        device: where to run; a CUDA device is used when faiss was built with GPU support, the CPU otherwise.
+            The GPU index lives on exactly this device (not spread over all GPUs, as ``faiss.Kmeans(gpu=True)``
+            would), so each DDP rank clusters on its own GPU.
+    """
+
+    def __init__(self, num_clusters: int, *, niter: int = 20, device: torch.device | str | None = None) -> None:
+        if num_clusters < 1:
+            raise ValueError(f"SphericalKMeans: num_clusters must be >= 1, got {num_clusters}")
+        if niter < 1:
+            raise ValueError(f"SphericalKMeans: niter must be >= 1, got {niter}")
+        self.faiss = _import_faiss()
+        self.num_clusters = num_clusters
+        self.niter = niter
+        self.device = torch.device("cpu" if device is None else device)
+        self.gpu_device: int | None = None
+        if self.device.type == "cuda" and self.faiss.get_num_gpus() > 0:
+            index = self.device.index
+            self.gpu_device = index if index is not None else torch.cuda.current_device()
+        self._gpu_resources: Any = None
+        self._index: Any = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_device is not None
+
+    def _flat_index(self, dim: int) -> Any:
+        # one inner-product index per dimension, reused: faiss resets it at every iteration anyway
+        if self._index is not None and self._index.d == dim:
+            return self._index
+        if self.on_gpu:
+            if self._gpu_resources is None:
+                self._gpu_resources = self.faiss.StandardGpuResources()
+            config = self.faiss.GpuIndexFlatConfig()
+            config.device = self.gpu_device
+            self._index = self.faiss.GpuIndexFlatIP(self._gpu_resources, dim, config)
+        else:
+            self._index = self.faiss.IndexFlatIP(dim)
+        return self._index
+
+    def fit_predict(self, points: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        """Clusters ``points`` and returns the cluster of each.
+
+        Args:
+            points: ``float32 [n, d]`` unit vectors, ``n >= num_clusters``.
+            rng: draws the k-means++ seeding.
+
+        Returns:
+            ``int64 [n]`` cluster ids in ``0..k-1`` (a cluster can end up empty).
+        """
+        n, dim = points.shape
+        k = self.num_clusters
+        if n < k:
+            raise ValueError(f"SphericalKMeans: {n} points cannot form num_clusters={k} clusters")
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        params = self.faiss.ClusteringParameters()
+        params.niter = self.niter
+        params.spherical = True
+        params.verbose = False
+        params.seed = int(rng.integers(2**31 - 1))
+        # use every point (no subsampling) and keep faiss quiet about small identities
+        params.max_points_per_centroid = -(-n // k)
+        params.min_points_per_centroid = 1
+        clustering = self.faiss.Clustering(dim, k, params)
+        self.faiss.copy_array_to_vector(kmeans_plusplus(points, k, rng).ravel(), clustering.centroids)
+        index = self._flat_index(dim)
+        clustering.train(points, index)
+        centroids = self.faiss.vector_to_array(clustering.centroids).reshape(k, dim)
+        index.reset()
+        index.add(centroids)
+        _, assignment = index.search(points, 1)
+        return assignment[:, 0].astype(np.int64)
+
+
+def parts_top_to_bottom(assignment: np.ndarray, rows: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Part label of each cluster: ``1..K`` in the order of the clusters' mean row (top first).
+
+    Args:
+        assignment: ``[n]`` cluster id of each cell, in ``0..K-1``.
+        rows: ``[n]`` feature-map row of each cell.
+        num_clusters: ``K``.
+
+    Returns:
+        ``int64 [K]``: entry ``c`` is the part label of cluster ``c``. Empty clusters come last; ties keep the
+        cluster order.
+    """
+    counts = np.bincount(assignment, minlength=num_clusters)
+    sums = np.bincount(assignment, weights=rows.astype(np.float64), minlength=num_clusters)
+    mean_row = np.full(num_clusters, np.inf)
+    np.divide(sums, counts, out=mean_row, where=counts > 0)
+    order = np.argsort(mean_row, kind="stable")
+    labels = np.empty(num_clusters, dtype=np.int64)
+    labels[order] = np.arange(1, num_clusters + 1)
+    return labels
+
+
+@dataclass
+class ClusteringResult:
+    """Labels and statistics of one clustering pass (over one rank's identities, or all of them once reduced).
+
+    Attributes:
+        labels: ``uint8 [N, h, w]``: 0 background, ``1..K`` parts top to bottom; 0 in rows not clustered.
+        labelled: ``bool [N]``: the row holds clustering results.
+        foreground_cells: foreground cells of the images seen.
+        total_cells: all cells of the images seen.
+        part_cells: ``int64 [K]`` cells given each part ``1..K``.
+        clustered_identities: identities clustered.
+        skipped_identities: identities with fewer foreground cells than ``K`` (left unlabelled).
+        seconds: wall time of the pass.
+    """
+
+    labels: Tensor
+    labelled: Tensor
+    foreground_cells: int = 0
+    total_cells: int = 0
+    part_cells: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    clustered_identities: int = 0
+    skipped_identities: int = 0
+    seconds: float = 0.0
+
+    @property
+    def foreground_share(self) -> float:
+        """Foreground cells / all cells."""
+        return self.foreground_cells / max(self.total_cells, 1)
+
+    @property
+    def part_share(self) -> Tensor:
+        """``float [K]``: each part's share of the clustered foreground cells (sums to 1 when any)."""
+        return self.part_cells.double() / max(int(self.part_cells.sum()), 1)
+
+
+@dataclass
+class _Identity:
+    """What the streaming pass keeps of the identity it is reading: its rows, masks and foreground features."""
+
+    ordinal: int
+    pid: int
+    rows: list[int] = field(default_factory=list)
+    masks: list[Tensor] = field(default_factory=list)
+    features: list[Tensor] = field(default_factory=list)
+    cells: int = 0
+
+
+def cluster_part_labels(
+    feature_fn: Callable[[Tensor], Tensor],
+    dataset: Dataset,
+    pids: Sequence[int],
+    num_parts: int,
+    *,
+    label_size: tuple[int, int],
+    fg_threshold: float = 0.5,
+    niter: int = 20,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    kmeans: SphericalKMeans | None = None,
+    progress: bool = False,
+) -> ClusteringResult:
+    """Part pseudo-labels of one rank's identities, streaming one identity at a time.
+
+    The caller sets the model's mode (eval) beforehand; this function runs ``feature_fn`` under ``no_grad`` (and
+    bf16/fp16 autocast on CUDA).
+
+    Args:
+        feature_fn: images ``[B, 3, H, W]`` on ``device`` -> feature maps ``F_g`` ``[B, C, h, w]``.
+        dataset: items are dicts with an ``"image"`` tensor; item ``i`` is row ``i`` of the labels.
+        pids: identity of each item (``len(dataset)`` of them).
+        num_parts: ``K``.
+        label_size: ``(h, w)`` of the feature maps and labels.
+        fg_threshold: a cell is foreground when its norm is at least this share of the image's largest.
+        niter: K-means iterations (of the default back-end; a given ``kmeans`` has its own).
+        seed: fixed seed (>= 0) of the K-means seeding; identity ``j`` of the sorted ids draws from ``(seed, j)``.
+        batch_size, num_workers: of the DataLoader of the pass.
+        device: where ``feature_fn`` runs (default CPU).
+        rank, world_size: this process takes the sorted identities ``ids[rank::world_size]``.
+        kmeans: the K-means back-end to reuse (default: a new :class:`SphericalKMeans` on ``device``).
+        progress: show a progress bar.
+
+    Returns:
+        The labels of this rank's rows (zeros elsewhere) and its counts.
+    """
+    started = time.perf_counter()
+    if len(pids) != len(dataset):
+        raise ValueError(f"cluster_part_labels: got {len(pids)} pids for a dataset of {len(dataset)} items")
+    if num_parts < 1:
+        raise ValueError(f"cluster_part_labels: num_parts must be >= 1, got {num_parts}")
+    if not 0.0 <= fg_threshold <= 1.0:
+        raise ValueError(f"cluster_part_labels: fg_threshold must be in [0, 1], got {fg_threshold}")
+    if seed < 0:
+        raise ValueError(f"cluster_part_labels: seed must be >= 0, got {seed}")
+    if batch_size < 1:
+        raise ValueError(f"cluster_part_labels: batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"cluster_part_labels: rank must be in [0, world_size={world_size}), got {rank}")
+    device = torch.device("cpu" if device is None else device)
+    if kmeans is None:
+        kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
+    elif kmeans.num_clusters != num_parts:
+        raise ValueError(f"cluster_part_labels: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+
+    height, width = label_size
+    result = ClusteringResult(
+        labels=torch.zeros(len(dataset), height, width, dtype=torch.uint8),
+        labelled=torch.zeros(len(dataset), dtype=torch.bool),
+        part_cells=torch.zeros(num_parts, dtype=torch.int64),
+    )
+    identities = sorted(set(int(pid) for pid in pids))
+    ordinal = {pid: j for j, pid in enumerate(identities)}
+    rows_of: dict[int, list[int]] = {pid: [] for pid in identities[rank::world_size]}
+    for row, pid in enumerate(pids):
+        if int(pid) in rows_of:
+            rows_of[int(pid)].append(row)
+    order = [row for rows in rows_of.values() for row in rows]
+
+    def finish(identity: _Identity) -> None:
+        if identity.cells < num_parts:
+            result.skipped_identities += 1
+            return
+        points = np.concatenate([chunk.numpy() for chunk in identity.features])
+        rng = np.random.default_rng((seed, identity.ordinal))
+        assignment = kmeans.fit_predict(points, rng=rng)
+        cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks]).numpy()
+        parts = torch.from_numpy(parts_top_to_bottom(assignment, cell_rows, num_parts)[assignment])
+        result.part_cells += torch.bincount(parts - 1, minlength=num_parts)
+        for row, mask, cell_parts in zip(
+            identity.rows, identity.masks, parts.split([int(m.sum()) for m in identity.masks])
+        ):
+            result.labels[row][mask] = cell_parts.to(torch.uint8)
+            result.labelled[row] = True
+        result.clustered_identities += 1
+
+    loader = DataLoader(
+        Subset(dataset, order),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast("cuda", dtype=dtype)
+    else:
+        autocast = torch.autocast(device.type, enabled=False)
+    current: _Identity | None = None
+    position = 0
+    with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            if not isinstance(batch, dict) or "image" not in batch:
+                raise TypeError("cluster_part_labels: dataset items must be dicts with an 'image' tensor")
+            with torch.no_grad(), autocast:
+                feature_map = feature_fn(batch["image"].to(device, non_blocking=True))
+            feature_map = feature_map.float()
+            if feature_map.dim() != 4 or tuple(feature_map.shape[-2:]) != (height, width):
+                raise ValueError(
+                    f"cluster_part_labels: feature_fn gave shape {tuple(feature_map.shape)}, expected "
+                    f"[B, C, {height}, {width}] (label_size)"
+                )
+            foreground = foreground_target(feature_map, fg_threshold).bool()
+            features = F.normalize(feature_map.permute(0, 2, 3, 1)[foreground], dim=1).cpu()
+            foreground = foreground.cpu()
+            counts = foreground.flatten(1).sum(1)
+            result.foreground_cells += int(counts.sum())
+            result.total_cells += foreground.numel()
+            for mask, image_features in zip(foreground, features.split(counts.tolist())):
+                row = order[position]
+                position += 1
+                pid = int(pids[row])
+                if current is None or current.pid != pid:
+                    if current is not None:
+                        finish(current)
+                    current = _Identity(ordinal[pid], pid)
+                current.rows.append(row)
+                current.masks.append(mask)
+                current.features.append(image_features)
+                current.cells += len(image_features)
+            bar.update(len(foreground))
+    if current is not None:
+        finish(current)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+class PartClustering(Callback):
+    """Recomputes the part pseudo-labels of an :class:`icg.ICGModule` every ``every_n_epochs`` epochs.
+
+    At the start of epochs ``0, n, 2n, ...`` the module is put in eval mode, the datamodule's
+    ``cluster_dataset()`` (training images without augmentation) is streamed identity by identity, and the
+    module's ``part_labels``/``labelled`` buffers are replaced on every rank (see the module docstring). Logs
+    ``cluster/seconds``, ``cluster/foreground_share`` and ``cluster/part_share/k`` (share of the clustered
+    foreground cells in part ``k``, ``k = 1..K``).
+
+    Args:
+        every_n_epochs: ``n``, epochs between clusterings (the paper: 1; its appendix also uses 2).
+        niter: K-means iterations.
+        seed: fixed seed of the K-means seeding.
+        fg_threshold: foreground threshold; default the module's ``hparams.fg_threshold``.
+        batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
+        num_workers: loader processes; default the datamodule's ``num_workers``.
+
+    Outside a Trainer, :meth:`cluster` labels a module directly (a notebook, a test).
+    """
+
+    def __init__(
+        self,
+        *,
+        every_n_epochs: int = 1,
+        niter: int = 20,
+        seed: int = 0,
+        fg_threshold: float | None = None,
+        batch_size: int = 128,
+        num_workers: int | None = None,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"PartClustering: every_n_epochs must be >= 1, got {every_n_epochs}")
+        if niter < 1:
+            raise ValueError(f"PartClustering: niter must be >= 1, got {niter}")
+        if seed < 0:
+            raise ValueError(f"PartClustering: seed must be >= 0, got {seed}")
+        if fg_threshold is not None and not 0.0 <= fg_threshold <= 1.0:
+            raise ValueError(f"PartClustering: fg_threshold must be in [0, 1], got {fg_threshold}")
+        if batch_size < 1:
+            raise ValueError(f"PartClustering: batch_size must be >= 1, got {batch_size}")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"PartClustering: num_workers must be >= 0, got {num_workers}")
+        self.every_n_epochs = every_n_epochs
+        self.niter = niter
+        self.seed = seed
+        self.fg_threshold = fg_threshold
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.last_clustered_epoch: int | None = None
+        self._kmeans: SphericalKMeans | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_epochs=self.every_n_epochs, seed=self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_clustered_epoch": self.last_clustered_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_clustered_epoch = state_dict["last_clustered_epoch"]
+
+    def _kmeans_for(self, num_parts: int, device: torch.device) -> SphericalKMeans:
+        # reused across passes so that the GPU resources are created once
+        kmeans = self._kmeans
+        if kmeans is None or kmeans.num_clusters != num_parts or kmeans.device != device:
+            self._kmeans = SphericalKMeans(num_parts, niter=self.niter, device=device)
+        return self._kmeans
+
+    def cluster(
+        self,
+        module: LightningModule,
+        dataset: Dataset,
+        pids: Sequence[int],
+        *,
+        trainer: Trainer | None = None,
+        num_workers: int | None = None,
+        progress: bool = False,
+    ) -> ClusteringResult:
+        """Clusters ``dataset`` and writes the labels into ``module.part_labels`` and ``module.labelled``.
+
+        Args:
+            module: has the buffers ``part_labels`` ``uint8 [N, h, w]`` and ``labelled`` ``bool [N]``,
+                ``hparams.num_parts`` (and ``hparams.fg_threshold`` unless given), and ``feature_maps(images)``
+                giving ``F_g`` ``[B, C, h, w]`` in the module's current mode.
+            dataset: ``N`` items, dicts with an ``"image"``; item ``i`` is row ``i``.
+            pids: identity of each item.
+            trainer: under DDP, shards the identities over its ranks and sums the labels across them.
+            num_workers: loader processes (default: the callback's, else 0).
+            progress: show a progress bar.
+
+        Returns:
+            The labels and counts of all ranks (identical on every rank).
+        """
+        for name in ("part_labels", "labelled"):
+            if not isinstance(getattr(module, name, None), Tensor):
+                raise TypeError(f"PartClustering: the module has no {name!r} buffer (an ICGModule with use_ppc=True?)")
+        if not callable(getattr(module, "feature_maps", None)):
+            raise TypeError("PartClustering: the module has no feature_maps(images) method giving F_g [B, C, h, w]")
+        num_rows = module.part_labels.shape[0]
+        if num_rows == 0:
+            raise ValueError("PartClustering: the module's part_labels has no rows; build it with use_ppc=True")
+        if num_rows != len(dataset):
+            raise ValueError(
+                f"PartClustering: the module has part labels for {num_rows} images but the clustering dataset "
+                f"holds {len(dataset)}; set num_train_samples to the datamodule's"
+            )
+        num_parts = int(module.hparams.num_parts)
+        fg_threshold = self.fg_threshold if self.fg_threshold is not None else float(module.hparams.fg_threshold)
+        if num_workers is None:
+            num_workers = self.num_workers or 0
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        device = module.device
+        started = time.perf_counter()
+
+        was_training = module.training
+        module.eval()
+        try:
+            local = cluster_part_labels(
+                module.feature_maps,
+                dataset,
+                pids,
+                num_parts,
+                label_size=tuple(module.part_labels.shape[1:]),
+                fg_threshold=fg_threshold,
+                niter=self.niter,
+                seed=self.seed,
+                batch_size=self.batch_size,
+                num_workers=num_workers,
+                device=device,
+                rank=rank,
+                world_size=world_size,
+                kmeans=self._kmeans_for(num_parts, device),
+                progress=progress,
+            )
+        finally:
+            module.train(was_training)
+
+        labels = local.labels.to(device, torch.int32)
+        labelled = local.labelled.to(device, torch.int32)
+        counts = torch.tensor(
+            [local.foreground_cells, local.total_cells, local.clustered_identities, local.skipped_identities],
+            dtype=torch.int64,
+        )
+        counts = torch.cat([counts, local.part_cells]).to(device)
+        if world_size > 1:
+            # each rank holds zeros outside its identities, so the sum is the union
+            reduce = trainer.strategy.reduce
+            labels = reduce(labels, reduce_op="sum")
+            labelled = reduce(labelled, reduce_op="sum")
+            counts = reduce(counts, reduce_op="sum")
+        module.part_labels.copy_(labels)
+        module.labelled.copy_(labelled.bool())
+        counts = counts.cpu()
+        result = ClusteringResult(
+            labels=module.part_labels,
+            labelled=module.labelled,
+            foreground_cells=int(counts[0]),
+            total_cells=int(counts[1]),
+            clustered_identities=int(counts[2]),
+            skipped_identities=int(counts[3]),
+            part_cells=counts[4:],
+            seconds=time.perf_counter() - started,
+        )
+        if result.skipped_identities and rank == 0:
+            log.warning(
+                "PartClustering: %d of %d identities have fewer than num_parts=%d foreground cells; their images "
+                "stay unlabelled and use the horizontal-band fallback",
+                result.skipped_identities,
+                result.skipped_identities + result.clustered_identities,
+                num_parts,
+            )
+        return result
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch % self.every_n_epochs or self.last_clustered_epoch == epoch:
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "cluster_dataset"):
+            raise RuntimeError(
+                "PartClustering needs the Trainer's datamodule to be an icg ReIDDataModule (cluster_dataset(), "
+                "train_records); pass it as trainer.fit(model, datamodule=...)"
+            )
+        num_workers = self.num_workers if self.num_workers is not None else datamodule.num_workers
+        result = self.cluster(
+            pl_module,
+            datamodule.cluster_dataset(),
+            [record.pid for record in datamodule.train_records],
+            trainer=trainer,
+            num_workers=num_workers,
+            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+        )
+        self.last_clustered_epoch = epoch
+        metrics = {"cluster/seconds": result.seconds, "cluster/foreground_share": result.foreground_share}
+        metrics.update({f"cluster/part_share/{k}": float(s) for k, s in enumerate(result.part_share, start=1)})
+        # the shares are identical on every rank already; syncing averages the ranks' seconds (nearly equal, as the
+        # label sum waits for the slowest) and is what Lightning expects of epoch-level values under DDP
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)

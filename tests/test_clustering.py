@@ -1,0 +1,353 @@
+"""Tests of the part clustering: K-means back-end, part ordering, streaming pass, callback schedule and resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from icg.clustering import (
+    ClusteringResult,
+    PartClustering,
+    SphericalKMeans,
+    cluster_part_labels,
+    kmeans_plusplus,
+    parts_top_to_bottom,
+)
+from icg.data import SyntheticDataModule
+from icg.module import ICGModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ crafted data
+class MapDataset(Dataset):
+    """Items whose ``image`` *is* the feature map, for an identity ``feature_fn``."""
+
+    def __init__(self, maps: list[Tensor]) -> None:
+        self.maps = maps
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"image": self.maps[index]}
+
+
+def band_maps(
+    num_images: int, *, height: int = 12, width: int = 4, channels: int = 8, seed: int = 0
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Feature maps with three horizontal bands of distinct directions in a foreground box, and low-norm
+    background; bands of unequal height, box shifted per image, band directions permuted per call.
+
+    Returns:
+        maps ``[C, h, w]`` and the expected labels ``[h, w]`` (1, 2, 3 top to bottom, 0 background).
+    """
+    rng = np.random.default_rng(seed)
+    directions = rng.permutation(channels)[:3]
+    maps, expected = [], []
+    for _ in range(num_images):
+        top = int(rng.integers(0, 2))
+        bottom = height - int(rng.integers(0, 2))
+        left = int(rng.integers(0, 2))
+        # head short, torso long, legs medium
+        cut1 = top + (bottom - top) // 5
+        cut2 = top + 3 * (bottom - top) // 5
+        fmap = 0.1 * torch.from_numpy(rng.random((channels, height, width))).float()
+        labels = torch.zeros(height, width, dtype=torch.uint8)
+        for part, (start, stop) in enumerate([(top, cut1), (cut1, cut2), (cut2, bottom)], start=1):
+            noise = 0.05 * torch.from_numpy(rng.standard_normal((channels, stop - start, 2))).float()
+            fmap[:, start:stop, left : left + 2] = noise
+            fmap[directions[part - 1], start:stop, left : left + 2] += 1.0
+            labels[start:stop, left : left + 2] = part
+        maps.append(fmap)
+        expected.append(labels)
+    return maps, expected
+
+
+class FakeModule(LightningModule):
+    """The surface :class:`PartClustering` needs: label buffers, ``hparams`` and ``feature_maps``."""
+
+    def __init__(self, num_rows: int, label_size: tuple[int, int], num_parts: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.hparams.fg_threshold = 0.5
+        self.register_buffer("part_labels", torch.zeros(num_rows, *label_size, dtype=torch.uint8))
+        self.register_buffer("labelled", torch.zeros(num_rows, dtype=torch.bool))
+        self.modes: list[bool] = []
+
+    def feature_maps(self, images: Tensor) -> Tensor:
+        self.modes.append(self.training)
+        return images
+
+
+def identity(images: Tensor) -> Tensor:
+    return images
+
+
+# ----------------------------------------------------------------------------------------------- K-means parts
+def test_parts_top_to_bottom_hand_case() -> None:
+    # cluster 2 sits on top (rows 0, 1), cluster 0 in the middle, cluster 1 at the bottom; cluster 3 is empty
+    assignment = np.array([2, 2, 0, 0, 1, 1])
+    rows = np.array([0, 1, 5, 6, 9, 9])
+    assert parts_top_to_bottom(assignment, rows, 4).tolist() == [2, 3, 1, 4]
+
+
+def test_kmeans_plusplus_spreads_centres_over_separated_groups() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.eye(4, 16, dtype=np.float32), [50, 5, 5, 40], axis=0)
+    centres = kmeans_plusplus(groups, 4, rng)
+    # D^2 sampling never picks a point that coincides with a centre already drawn while others are left
+    assert sorted(int(c.argmax()) for c in centres) == [0, 1, 2, 3]
+
+
+def test_spherical_kmeans_recovers_separated_clusters() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 5, size=400)
+    points = np.eye(5, 32, dtype=np.float32)[truth] + 0.1 * rng.standard_normal((400, 32)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    found = SphericalKMeans(5, niter=10).fit_predict(points, rng=np.random.default_rng(0))
+    # same partition up to renaming: a bijection between found and true ids
+    pairs = set(zip(found.tolist(), truth.tolist()))
+    assert len(pairs) == 5 and len({a for a, _ in pairs}) == 5
+
+
+# ------------------------------------------------------------------------------------------- streaming pass
+class RenamingKMeans(SphericalKMeans):
+    """Spherical K-means whose cluster ids are rotated by ``shift``: the same partition under other names."""
+
+    def __init__(self, num_clusters: int, shift: int) -> None:
+        super().__init__(num_clusters)
+        self.shift = shift
+
+    def fit_predict(self, points: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        return (super().fit_predict(points, rng=rng) + self.shift) % self.num_clusters
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_bands_are_numbered_top_to_bottom_whatever_the_cluster_ids(shift: int) -> None:
+    maps, expected, pids = [], [], []
+    for pid in range(4):
+        identity_maps, identity_expected = band_maps(3, seed=pid)
+        maps += identity_maps
+        expected += identity_expected
+        pids += [pid] * 3
+    result = cluster_part_labels(
+        identity, MapDataset(maps), pids, 3, label_size=(12, 4), batch_size=5, kmeans=RenamingKMeans(3, shift)
+    )
+    assert result.labelled.all()
+    assert torch.equal(result.labels, torch.stack(expected))
+    assert result.clustered_identities == 4 and result.skipped_identities == 0
+    fg_cells = sum(int((e > 0).sum()) for e in expected)
+    assert result.foreground_cells == fg_cells and result.total_cells == 12 * 12 * 4
+    part_cells = torch.stack(expected).flatten().bincount(minlength=4)[1:]
+    assert torch.equal(result.part_cells, part_cells)
+
+
+def test_identities_interleaved_in_the_dataset_are_grouped() -> None:
+    maps_a, expected_a = band_maps(3, seed=10)
+    maps_b, expected_b = band_maps(3, seed=11)
+    # dataset rows alternate between the two identities; rows must keep their own labels
+    maps = [maps_a[0], maps_b[0], maps_a[1], maps_b[1], maps_a[2], maps_b[2]]
+    expected = [expected_a[0], expected_b[0], expected_a[1], expected_b[1], expected_a[2], expected_b[2]]
+    result = cluster_part_labels(identity, MapDataset(maps), [7, 3, 7, 3, 7, 3], 3, label_size=(12, 4), batch_size=4)
+    assert torch.equal(result.labels, torch.stack(expected))
+
+
+def test_shards_cover_disjoint_identities_and_sum_to_the_whole() -> None:
+    maps, pids = [], []
+    for pid in range(5):
+        maps += band_maps(2, seed=20 + pid)[0]
+        pids += [pid] * 2
+    dataset = MapDataset(maps)
+    whole = cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4))
+    shards = [
+        cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), rank=r, world_size=2) for r in range(2)
+    ]
+    assert not (shards[0].labelled & shards[1].labelled).any()
+    assert torch.equal(shards[0].labels + shards[1].labels, whole.labels)
+    assert torch.equal(shards[0].labelled | shards[1].labelled, whole.labelled)
+
+
+def test_same_seed_same_labels_and_the_seed_matters() -> None:
+    # structureless features: the partition is decided by the seeding alone
+    generator = torch.Generator().manual_seed(0)
+    maps = [torch.randn(6, 8, 4, generator=generator) for _ in range(6)]
+    dataset, pids = MapDataset(maps), [0] * 3 + [1] * 3
+
+    def run(seed: int) -> Tensor:
+        module = FakeModule(len(maps), (8, 4))
+        PartClustering(seed=seed).cluster(module, dataset, pids)
+        return module.part_labels.clone()
+
+    first = run(0)
+    assert torch.equal(first, run(0))
+    assert any(not torch.equal(first, run(seed)) for seed in range(1, 5))
+
+
+def test_too_few_foreground_cells_leaves_rows_unlabelled_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    maps, pids = band_maps(2, seed=30)[0], [0, 0]
+    for pid in (1, 2):
+        # one image with only two foreground cells: fewer than K = 3
+        sparse = torch.full((8, 12, 4), 0.01)
+        sparse[0, 3, 1] = sparse[0, 9, 2] = 1.0
+        maps.append(sparse)
+        pids.append(pid)
+    module = FakeModule(len(maps), (12, 4))
+    module.train()
+    with caplog.at_level(logging.WARNING, logger="icg.clustering"):
+        result = PartClustering().cluster(module, MapDataset(maps), pids)
+    assert module.labelled.tolist() == [True, True, False, False]
+    assert not module.part_labels[2:].any()
+    assert result.skipped_identities == 2 and result.clustered_identities == 1
+    records = [r for r in caplog.records if r.name == "icg.clustering"]
+    assert len(records) == 1 and "2 of 3 identities" in records[0].getMessage()
+    # the pass ran in eval mode and gave the module its mode back
+    assert module.modes and not any(module.modes) and module.training
+
+
+def test_bad_inputs_name_the_argument() -> None:
+    maps = band_maps(2)[0]
+    with pytest.raises(ValueError, match="3 pids"):
+        cluster_part_labels(identity, MapDataset(maps), [0, 0, 0], 3, label_size=(12, 4))
+    with pytest.raises(ValueError, match="label_size"):
+        cluster_part_labels(identity, MapDataset(maps), [0, 0], 3, label_size=(16, 8))
+    with pytest.raises(ValueError, match="part labels for 5 images"):
+        PartClustering().cluster(FakeModule(5, (12, 4)), MapDataset(maps), [0, 0])
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        PartClustering(every_n_epochs=0)
+
+
+# ------------------------------------------------------------------------------------------ trainer and resume
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the Trainer runs: their tensors are tiny, and on a small shared machine a second
+    thread mostly waits for a busy core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clustering") / "synthetic"
+    make_datamodule(root).prepare_data()
+    return root
+
+
+def make_datamodule(root: Path) -> SyntheticDataModule:
+    return SyntheticDataModule(
+        root=str(root), num_train_ids=4, num_test_ids=2, image_size=(64, 32),
+        num_identities=2, num_instances=2, num_workers=0,
+    )
+
+
+def make_module(datamodule: SyntheticDataModule) -> ICGModule:
+    torch.manual_seed(0)
+    return ICGModule(
+        num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples, image_size=(64, 32),
+        backbone="resnet18", pretrained=False, num_parts=3, warmup_epochs=1,
+    )
+
+
+class RecordingClustering(PartClustering):
+    """Remembers at which epochs it clustered."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clustered_at: list[int] = []
+
+    def cluster(self, module: LightningModule, *args: Any, **kwargs: Any) -> ClusteringResult:
+        self.clustered_at.append(module.trainer.current_epoch)
+        return super().cluster(module, *args, **kwargs)
+
+
+class SaveAtEpochStart(Callback):
+    """Saves a checkpoint in ``on_train_epoch_start`` of epoch 0, after the clustering callback: resuming from it,
+    Lightning runs the epoch-start hooks of epoch 0 again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            trainer.save_checkpoint(self.path)
+
+
+class LabelSnapshots(Callback):
+    """The module's labels as training sees them at each epoch start (after the clustering callback)."""
+
+    def __init__(self) -> None:
+        self.labels: dict[int, Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.labels[trainer.current_epoch] = pl_module.part_labels.clone()
+
+
+def fit(module: ICGModule, root: Path, workdir: Path, callbacks: list[Callback], max_epochs: int,
+        ckpt_path: Path | None = None) -> Trainer:
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=workdir, callbacks=callbacks,
+    )
+    trainer.fit(module, datamodule=make_datamodule(root), ckpt_path=ckpt_path)
+    return trainer
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_resume_keeps_labels_and_the_schedule(synthetic_root: Path, tmp_path: Path) -> None:
+    datamodule = make_datamodule(synthetic_root)
+    checkpoint = tmp_path / "epoch-start.ckpt"
+    clustering = RecordingClustering(every_n_epochs=2, batch_size=64)
+    module = make_module(datamodule)
+    trainer = fit(module, synthetic_root, tmp_path, [clustering, SaveAtEpochStart(checkpoint)], max_epochs=1)
+    assert clustering.clustered_at == [0]
+    assert module.labelled.all() and module.part_labels.any()
+    for k in range(1, 4):
+        assert f"cluster/part_share/{k}" in trainer.callback_metrics
+    assert 0.0 < float(trainer.callback_metrics["cluster/foreground_share"]) <= 1.0
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["state_dict"]["labelled"].all()
+
+    resumed = RecordingClustering(every_n_epochs=2, batch_size=64)
+    snapshots = LabelSnapshots()
+    fresh = make_module(datamodule)
+    fit(fresh, synthetic_root, tmp_path, [resumed, snapshots], max_epochs=3, ckpt_path=checkpoint)
+    # Lightning restarts epoch 0 with its start hooks: the labels come from the checkpoint, and epoch 0 is not
+    # clustered again; epoch 2 is
+    assert 0 in snapshots.labels
+    assert resumed.clustered_at == [2]
+    assert torch.equal(snapshots.labels[0], saved["state_dict"]["part_labels"])
+    assert torch.equal(snapshots.labels[1], saved["state_dict"]["part_labels"])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "tests/scripts/ddp_clustering.py"), str(synthetic_root), str(tmp_path)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    reference = torch.load(tmp_path / "single.pt")
+    assert reference["labelled"].all() and reference["part_labels"].any()
+    for rank in ranks:
+        assert torch.equal(rank["part_labels"], reference["part_labels"])
+        assert torch.equal(rank["labelled"], reference["labelled"])
+    # both ranks took part: each clustered a disjoint, non-empty share of the identities
+    assert all(rank["local_identities"] > 0 for rank in ranks)
+    assert sum(rank["local_identities"] for rank in ranks) == reference["identities"] == 4
