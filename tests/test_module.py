@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icg.module import IGNORE_INDEX, ICGModule, feature_map_size, warmup_multistep_factor
+from icg.model import build_backbone
+
+H, W = 64, 32  # feature map 4 x 2 at output stride 16
+
+
+@pytest.fixture(scope="module")
+def module() -> ICGModule:
+    module = ICGModule(num_classes=4, num_train_samples=2, image_size=(H, W), backbone="resnet18",
+                       pretrained=False, num_parts=3)
+    module.part_labels[0] = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=torch.uint8)
+    module.labelled[0] = True
+    return module
+
+
+def _identity_source() -> torch.Tensor:
+    return torch.arange(H * W).view(1, H, W)
+
+
+def _targets(module: ICGModule, source: torch.Tensor, index: int = 0, foreground=None) -> list[list[int]]:
+    foreground = torch.ones(1, 4, 2, dtype=torch.long) if foreground is None else foreground
+    return module.part_targets(torch.tensor([index]), source, foreground)[0].tolist()
+
+
+def test_labels_read_through_an_identity_source_map(module: ICGModule) -> None:
+    assert _targets(module, _identity_source()) == [[1, 2], [3, 4], [5, 6], [7, 8]]
+
+
+def test_labels_follow_a_flip(module: ICGModule) -> None:
+    assert _targets(module, _identity_source().flip(2)) == [[2, 1], [4, 3], [6, 5], [8, 7]]
+
+
+def test_labels_follow_a_crop_and_ignore_padding(module: ICGModule) -> None:
+    # the crop window starts 16 rows lower: output row y shows input row y + 16, the last 16 rows are padding
+    rows = torch.arange(H)[:, None] + 16
+    source = torch.where(rows < H, rows * W + torch.arange(W)[None, :], -1)[None]
+    assert _targets(module, source) == [[3, 4], [5, 6], [7, 8], [IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_erased_cells_are_ignored(module: ICGModule) -> None:
+    source = _identity_source().clone()
+    source[0, 0:16, 16:32] = -1  # covers the centre (8, 24) of cell (0, 1)
+    assert _targets(module, source) == [[1, IGNORE_INDEX], [3, 4], [5, 6], [7, 8]]
+
+
+def test_unclustered_rows_fall_back_to_bands_of_the_foreground(module: ICGModule) -> None:
+    foreground = torch.tensor([[[1, 0], [1, 1], [0, 1], [1, 1]]])
+    # cell centres at rows 8, 24, 40, 56 of 64 -> bands 1 + row * 3 // 64 = 1, 2, 2, 3
+    assert _targets(module, _identity_source(), index=1, foreground=foreground) == [[1, 0], [2, 2], [0, 2], [3, 3]]
+
+
+@pytest.mark.parametrize(("image_size", "stride"), [((256, 128), 16), ((250, 100), 16), ((64, 32), 8), ((97, 45), 8)])
+def test_feature_map_size_matches_the_backbone(image_size, stride) -> None:
+    backbone = build_backbone("resnet50" if stride == 8 else "resnet18", pretrained=False, output_stride=stride)
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, *image_size))
+    assert feature_map_size(image_size, stride) == tuple(out.shape[-2:])
+
+
+def test_bot_schedule() -> None:
+    factor = lambda epoch: warmup_multistep_factor(  # noqa: E731
+        epoch, warmup_epochs=10, warmup_start=0.1, milestones=(40, 70), gamma=0.1)
+    # 3.5e-5 -> 3.5e-4 linearly over 10 epochs, x0.1 at 40 and 70
+    assert [round(factor(e), 6) for e in (0, 5, 9, 10, 39, 40, 69, 70, 119)] == [
+        0.1, 0.55, 0.91, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_bot_mode_has_no_part_buffers_and_one_branch() -> None:
+    bot = ICGModule(num_classes=5, backbone="resnet18", pretrained=False,
+                    use_afm=False, use_ppc=False, use_fsg=False)
+    assert bot.part_labels.numel() == 0 and list(bot.net.branch_dims) == ["global"]
+
+
+def test_ppc_without_sample_count_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="num_train_samples"):
+        ICGModule(num_classes=5, backbone="resnet18", pretrained=False)
+
+
+def test_centres_take_bots_sgd_step_on_the_unweighted_gradient(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18",
+                      pretrained=False, num_parts=3, center_lr=0.5)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
+    batch = {"image": torch.randn(6, 3, H, W), "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
+             "index": torch.arange(6), "source": _identity_source().expand(6, H, W)}
+    before = {name: loss.centers.detach().clone() for name, loss in model.criterion.center.items()}
+    with torch.no_grad():
+        features = {name: branch.features for name, branch in model.net(batch["image"]).branches.items()}
+    optimizer = model.configure_optimizers()["optimizer"]
+    model.training_step(batch, 0).backward()
+    model.on_before_optimizer_step(optimizer)
+    for name, centers in before.items():
+        # d/dc_j of mean_i ||x_i - c_{y_i}||^2 = (2 / B) sum_{i: y_i = j} (c_j - x_i)
+        expected = centers.clone()
+        for j in range(3):
+            members = features[name][batch["pid"] == j]
+            expected[j] -= 0.5 * 2 / 6 * (centers[j] - members).sum(0)
+        torch.testing.assert_close(model.criterion.center[name].centers.detach(), expected, rtol=1e-4, atol=1e-5)
+        assert model.criterion.center[name].centers.grad is None  # Adam must not move them again
