@@ -7,7 +7,8 @@ Batches are dicts:
   ``source`` [B, H, W] int64 (see :mod:`icg.data.transforms`);
 * validation / test: query images first, then gallery images, with ``image``, ``pid``, ``camid`` and
   ``is_query`` [B] bool; each rank gets a disjoint shard, the metric gathers them;
-* predict: ``image``, ``index`` over :attr:`ReIDDataModule.predict_paths` (query then gallery by default).
+* predict: ``image`` and ``index`` (position in :attr:`ReIDDataModule.predict_records`): the images of
+  ``predict_dir`` when given (searched recursively, sorted), else query then gallery.
 
 The trainer must run with ``use_distributed_sampler=False`` under DDP: the PK sampler already knows the ranks.
 """
@@ -24,7 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from icg.data.datasets import CUHK03NP, MSMT17, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import generate_synthetic, plan_synthetic
-from icg.data.transforms import TrainTransform, eval_transform, read_image
+from icg.data.transforms import TrainTransform, eval_transform, image_files, read_image
 
 
 class TrainImages(Dataset):
@@ -74,6 +75,7 @@ class ReIDDataModule(LightningDataModule):
         num_workers: data loading processes per GPU.
         flip_prob, padding, erasing_prob: augmentation (see :class:`~icg.data.transforms.TrainTransform`).
         seed: seed of the PK sampler (the same on every rank; augmentation randomness follows Lightning's seeding).
+        predict_dir: a folder of images to embed with ``icg predict`` (default: the query and gallery images).
     """
 
     def __init__(
@@ -88,10 +90,12 @@ class ReIDDataModule(LightningDataModule):
         padding: int = 10,
         erasing_prob: float = 0.5,
         seed: int = 0,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
+        self.predict_dir = predict_dir
         self.image_size = tuple(image_size)
         self.num_identities, self.num_instances = num_identities, num_instances
         self.eval_batch_size, self.num_workers, self.seed = eval_batch_size, num_workers, seed
@@ -172,6 +176,16 @@ class ReIDDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    @property
+    def predict_records(self) -> list[ImageRecord]:
+        """What ``icg predict`` embeds; records of ``predict_dir`` have pid and camid -1 (unknown)."""
+        if self.predict_dir is None:
+            return self.eval_records
+        return [ImageRecord(str(path), -1, -1) for path in image_files(self.predict_dir)]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.predict_records, 0)
 
     def cluster_dataset(self) -> EvalImages:
         """Training images without augmentation (for the part-clustering pass), items indexed like training."""

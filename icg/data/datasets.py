@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from icg.data.transforms import IMAGE_SUFFIXES
+
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ through this map and they stay aligned with the augmented pixels they describe.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -20,6 +21,18 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INVALID_SOURCE = -1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files (jpg, jpeg, png) below ``folder``, recursively, in sorted order; errors name the folder."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png image in {folder}")
+    return files
 
 
 def read_image(path: str) -> Tensor:
@@ -32,6 +45,11 @@ def read_image(path: str) -> Tensor:
             return v2.functional.pil_to_tensor(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as error:
         raise OSError(f"cannot read image {path}: {error}") from error
+
+
+def load_images(paths: Sequence[str | Path], transform: Callable[[Tensor], Tensor]) -> Tensor:
+    """``[N, 3, H, W]``: the files read with :func:`read_image` and passed through ``transform``."""
+    return torch.stack([transform(read_image(str(path))) for path in paths])
 
 
 class _SourceAwareRandomErasing(v2.RandomErasing):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, Market1501
-from tests.conftest import write_images
+from tests.conftest import make_cuhk03np_tree, make_duke_tree, make_msmt17_tree, write_images
 
 
 def _ids(records):
@@ -56,10 +56,7 @@ def test_empty_split_says_so(market_tree: Path) -> None:
 
 
 def test_duke_eight_cameras(tmp_path: Path) -> None:
-    root = tmp_path / "DukeMTMC-reID"
-    write_images(root / "bounding_box_train", ["0001_c2_f0046182.jpg", "0001_c8_f0046183.jpg", "0005_c1_f1.jpg"])
-    write_images(root / "query", ["0002_c7_f0046985.jpg"])
-    write_images(root / "bounding_box_test", ["0002_c1_f0044158.jpg", "0009_c3_f0044159.jpg"])
+    make_duke_tree(tmp_path)
     dataset = DukeMTMCreID(tmp_path)
     assert sorted((pid, cam) for _, pid, cam in _ids(dataset.train)) == [(0, 1), (0, 7), (1, 0)]
     assert _ids(dataset.query) == [("0002_c7_f0046985.jpg", 2, 6)]
@@ -67,11 +64,7 @@ def test_duke_eight_cameras(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("variant", ["detected", "labeled"])
 def test_cuhk03np_variants(tmp_path: Path, variant: str) -> None:
-    root = tmp_path / "cuhk03-np"
-    for name, train_ids in (("detected", ["0001", "0003"]), ("labeled", ["0004", "0005", "0006"])):
-        write_images(root / name / "bounding_box_train", [f"{pid}_c1_1.png" for pid in train_ids])
-        write_images(root / name / "query", ["0010_c1_1.png"])
-        write_images(root / name / "bounding_box_test", ["0010_c2_1.png", "0011_c2_2.png"])
+    make_cuhk03np_tree(tmp_path)
     dataset = CUHK03NP(tmp_path, variant=variant)
     assert dataset.num_train_pids == (2 if variant == "detected" else 3)
     assert all(f"/{variant}/" in r.path for r in dataset.train + dataset.query + dataset.gallery)
@@ -79,27 +72,11 @@ def test_cuhk03np_variants(tmp_path: Path, variant: str) -> None:
         CUHK03NP(tmp_path, variant="both")
 
 
-def _msmt_tree(root: Path, train_dir: str, test_dir: str) -> None:
-    train = {"list_train.txt": [("0000/0000_000_01_0303morning_0015_0.jpg", 0),
-                                ("0000/0000_001_05_0303noon_0016_0.jpg", 0),
-                                ("0004/0004_000_15_0303morning_0015_1.jpg", 4)],
-             "list_val.txt": [("0002/0002_000_03_0303morning_0015_0.jpg", 2)]}
-    test = {"list_query.txt": [("0000/0000_000_02_0303morning_0008_0.jpg", 0)],
-            "list_gallery.txt": [("0000/0000_001_07_0303morning_0009_0.jpg", 0),
-                                 ("0001/0001_000_12_0303afternoon_0010_0.jpg", 1)]}
-    for lists, image_dir in ((train, train_dir), (test, test_dir)):
-        for list_name, lines in lists.items():
-            (root / list_name).parent.mkdir(parents=True, exist_ok=True)
-            (root / list_name).write_text("".join(f"{path} {pid}\n" for path, pid in lines))
-            for path, _ in lines:
-                write_images(root / image_dir / Path(path).parent, [Path(path).name])
-
-
 @pytest.mark.parametrize(("folder", "train_dir", "test_dir"), [
     ("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")
 ])
 def test_msmt17_v1_and_v2(tmp_path: Path, folder: str, train_dir: str, test_dir: str) -> None:
-    _msmt_tree(tmp_path / folder, train_dir, test_dir)
+    make_msmt17_tree(tmp_path / folder, train_dir, test_dir)
     dataset = MSMT17(tmp_path)
     # train + val, ids 0, 2, 4 relabelled to 0, 1, 2; camera = third field - 1
     assert sorted((pid, cam) for _, pid, cam in _ids(dataset.train)) == [(0, 0), (0, 4), (1, 2), (2, 14)]
@@ -110,7 +87,7 @@ def test_msmt17_v1_and_v2(tmp_path: Path, folder: str, train_dir: str, test_dir:
 
 def test_msmt17_bad_line_names_file_and_line(tmp_path: Path) -> None:
     root = tmp_path / "MSMT17_V1"
-    _msmt_tree(root, "train", "test")
+    make_msmt17_tree(root)
     with (root / "list_gallery.txt").open("a") as handle:
         handle.write("0001/broken.jpg\n")
     with pytest.raises(DatasetLayoutError, match="list_gallery.txt, line 3"):
@@ -119,7 +96,7 @@ def test_msmt17_bad_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_msmt17_missing_list_is_named(tmp_path: Path) -> None:
     root = tmp_path / "MSMT17_V1"
-    _msmt_tree(root, "train", "test")
+    make_msmt17_tree(root)
     (root / "list_val.txt").unlink()
     with pytest.raises(DatasetLayoutError, match="list_val.txt"):
         MSMT17(root)
