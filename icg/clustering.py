@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
@@ -568,6 +569,11 @@ class PartClustering(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if epoch % self.every_n_epochs or self.last_clustered_epoch == epoch:
+            return
+        if not len(getattr(pl_module, "part_labels", ())):
+            # a model without parts (BoT, or PPC switched off from a config that keeps this callback)
+            if epoch == 0:
+                rank_zero_info("PartClustering: the model has no part classifier (use_ppc=False); nothing to do")
             return
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "cluster_dataset"):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -351,3 +352,10 @@ def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_pat
     # both ranks took part: each clustered a disjoint, non-empty share of the identities
     assert all(rank["local_identities"] > 0 for rank in ranks)
     assert sum(rank["local_identities"] for rank in ranks) == reference["identities"] == 4
+
+
+def test_callback_does_nothing_for_a_model_without_parts() -> None:
+    bot = ICGModule(num_classes=3, backbone="resnet18", pretrained=False, use_afm=False, use_ppc=False,
+                    use_fsg=False)
+    trainer = SimpleNamespace(current_epoch=0, datamodule=None)
+    PartClustering().on_train_epoch_start(trainer, bot)  # no datamodule needed, no error

@@ -103,3 +103,52 @@ def test_centres_take_bots_sgd_step_on_the_unweighted_gradient(monkeypatch) -> N
             expected[j] -= 0.5 * 2 / 6 * (centers[j] - members).sum(0)
         torch.testing.assert_close(model.criterion.center[name].centers.detach(), expected, rtol=1e-4, atol=1e-5)
         assert model.criterion.center[name].centers.grad is None  # Adam must not move them again
+
+
+def _twin(**flags) -> tuple[ICGModule, ICGModule]:
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", pretrained=False,
+                  num_parts=3)
+    plain, variant = ICGModule(**kwargs), ICGModule(**kwargs, **flags)
+    variant.load_state_dict(plain.state_dict())
+    return plain.eval(), variant.eval()
+
+
+def _assert_same_outputs(plain: ICGModule, variant: ICGModule, atol: float) -> None:
+    images = torch.randn(4, 3, H, W)
+    with torch.no_grad():
+        a, b = plain(images), variant(images)
+    for name in a.branches:
+        torch.testing.assert_close(b.branches[name].bn_features, a.branches[name].bn_features, atol=atol, rtol=1e-3)
+    torch.testing.assert_close(b.part_logits, a.part_logits, atol=atol, rtol=1e-3)
+    assert torch.equal(plain.extract(images).visibility, variant.extract(images).visibility)
+
+
+def test_channels_last_gives_the_same_results() -> None:
+    plain, channels_last = _twin(channels_last=True)
+    assert channels_last.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    _assert_same_outputs(plain, channels_last, atol=1e-4)
+    # checkpoints load across the flag
+    ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", pretrained=False,
+              num_parts=3).load_state_dict(channels_last.state_dict())
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_same_results() -> None:
+    plain, compiled = _twin(compile=True)
+    assert set(compiled.state_dict()) == set(plain.state_dict())  # no "_orig_mod." prefixes
+    _assert_same_outputs(plain, compiled, atol=1e-4)
+
+
+def test_bf16_autocast_training_step_runs(monkeypatch) -> None:
+    model = ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18",
+                      pretrained=False, num_parts=3)
+    monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
+    monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
+    batch = {"image": torch.randn(6, 3, H, W), "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
+             "index": torch.arange(6), "source": _identity_source().expand(6, H, W)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step(batch, 0)
+        features = model.extract(batch["image"])
+    loss.backward()
+    assert torch.isfinite(loss) and features.global_feat.shape == (6, 512)

@@ -11,7 +11,7 @@ from icg.data.datamodule import (
 from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import PART_LABELS, PartLabel, SyntheticImage, generate_synthetic, plan_synthetic, render_synthetic
-from icg.data.transforms import INVALID_SOURCE, TrainTransform, eval_transform, read_image
+from icg.data.transforms import INVALID_SOURCE, TrainTransform, eval_transform, load_images, read_image
 
 __all__ = [
     "CUHK03NP",
@@ -35,6 +35,7 @@ __all__ = [
     "TrainTransform",
     "eval_transform",
     "generate_synthetic",
+    "load_images",
     "plan_synthetic",
     "read_image",
     "render_synthetic",
