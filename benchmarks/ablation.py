@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 from icg import ICGModule, PartClustering, SyntheticDataModule
 from icg.data.synthetic import MASK_FOLDER
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 # name -> (use_afm, use_ppc, use_fsg, num_parts); FSG needs PPC's parts, so "+FSG" is baseline + PPC + FSG
 RUNS = {
@@ -37,12 +37,6 @@ RUNS = {
     "+PPC+FSG": (False, True, True, 6),
     **{f"ICG-K{k}": (True, True, True, k) for k in range(3, 8)},
 }
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def pseudo_label_quality(module: ICGModule, datamodule: SyntheticDataModule) -> dict[str, float]:
@@ -133,7 +127,7 @@ def write_report(results: dict[str, list[dict]], args: argparse.Namespace, comma
     text = [
         "# Ablation on synthetic pedestrians",
         "",
-        f"Machine: {machine()}.  ",
+        f"Machine: {describe()}.  ",
         f"Command: `{command}`.  ",
         f"Data: `SyntheticDataModule`, {args.train_ids} train / {args.test_ids} test identities, 128x64, "
         "occlusion and misalignment on (generator seed 0).  ",

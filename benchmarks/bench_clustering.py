@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -43,29 +42,18 @@ from torch.utils.data import Dataset
 from icg.clustering import ClusteringResult, PartClustering, SphericalKMeans, cluster_part_labels
 from icg.data import SyntheticDataModule
 from icg.module import ICGModule
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 CHANNELS, HEIGHT, WIDTH = 2048, 16, 8
 POOL = 32  # noise maps reused across images: drawing 1 MiB of noise per image would dominate the pass
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine() -> str:
     import faiss
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
-        f"machine: {cpu_model()}, {os.cpu_count()} logical cores ({cores} usable), load average "
-        f"{os.getloadavg()[0]:.1f}\npython {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
+        f"machine: {describe()}\n"
+        f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), "
         f"numpy {np.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
 

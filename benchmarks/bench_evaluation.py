@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,26 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from icg.metrics import evaluate_rank  # noqa: E402
 from icg.retrieval import ReIDFeatures, icg_distance, icg_distance_rows  # noqa: E402
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 SIZES = {
     "market": dict(num_query=3368, num_gallery=15913, num_ids=751, num_cams=6),
     "msmt17": dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15),
 }
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"numpy {np.__version__}{gpu}; load average {load} (other processes share the cores)")
 
 
 def memory_status() -> dict[str, float]:
@@ -249,7 +233,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}; numpy {np.__version__}")
     if args.case in ("market", "all"):
         report_market(spawn("market", args), args)
     if args.case in ("msmt17", "all"):

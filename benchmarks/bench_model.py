@@ -13,28 +13,16 @@ inference FLOPs for one image, next to the paper's Table 4 (ICG: 18.9M parameter
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from icg.losses import ICGLoss
 from icg.model import ICGNet, foreground_target
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 
 def build(args: argparse.Namespace, device: torch.device, full: bool) -> tuple[ICGNet, ICGLoss]:
@@ -120,10 +108,7 @@ def main() -> None:
         parser.error(f"--batch-size must be a multiple of 4 (P identities x 4 images), got {args.batch_size}")
     device = torch.device(args.device)
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}")
-    if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(device)}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}")
+    print(f"machine: {describe()}")
     print(
         f"setup: {args.backbone}, batch {args.batch_size}, {args.height}x{args.width}, {args.num_classes} classes, "
         f"K={args.num_parts}, device {device.type}, {'bf16 autocast' if args.amp else 'fp32'}"

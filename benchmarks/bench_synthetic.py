@@ -10,8 +10,6 @@ the two (the share of time spent encoding and writing).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -19,19 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-import torch
 
 from icg.data.synthetic import generate_synthetic, plan_synthetic, render_synthetic
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 
 def main() -> None:
@@ -44,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     size = (args.height, args.width)
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores (affinity: {len(os.sched_getaffinity(0))})")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+    print(f"machine: {describe()}")
+    print(f"numpy {np.__version__}, "
           f"Pillow {PIL.__version__}")
 
     plan_times = []
