@@ -41,6 +41,9 @@ RUNS = {
 }
 
 
+ANALYSIS_MARKER = "<!-- analysis: kept when the tables are rewritten -->"
+
+
 def true_part_cells(datamodule: SyntheticDataModule, label_size: tuple[int, int]) -> np.ndarray:
     """The generator's part masks (0 background, 1 head, 2 upper body, 3 legs, 4 shoes, 5 bag) of every
     training image, sampled at the centres of the feature cells: ``[N, h, w]`` uint8."""
@@ -155,7 +158,8 @@ def write_report(results: dict[str, list[dict]], args: argparse.Namespace, comma
         "# Ablation on synthetic pedestrians",
         "",
         f"Machine: {describe()}.  ",
-        f"Command: `{command}`.  ",
+        "Command: `python benchmarks/ablation.py` (each finished run is appended to `runs/ablation.jsonl` and "
+        f"not repeated; this file was last written by `{command}`).  ",
         f"Data: `SyntheticDataModule`, {args.train_ids} train / {args.test_ids} test identities, 128x64, "
         "occlusion and misalignment on (generator seed 0).  ",
         f"Recipe: ResNet-18 from scratch, PK 8 x 4, Adam 1e-3, {args.epochs} epochs, foreground threshold 0.3, "
@@ -182,7 +186,10 @@ def write_report(results: dict[str, list[dict]], args: argparse.Namespace, comma
         "masks at the feature cells: the share of cells labelled foreground, how many of them are on the person",
         "(precision), how much of the person they cover (recall), and how pure each pseudo-part is.",
     ]
-    args.output.write_text("\n".join(text) + "\n")
+    # a hand-written analysis below the marker survives re-runs
+    previous = args.output.read_text() if args.output.exists() else ""
+    analysis = previous[previous.index(ANALYSIS_MARKER):] if ANALYSIS_MARKER in previous else ANALYSIS_MARKER + "\n"
+    args.output.write_text("\n".join(text) + "\n\n" + analysis)
 
 
 def main() -> None:
