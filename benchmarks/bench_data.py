@@ -15,7 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 from icg import SyntheticDataModule
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 

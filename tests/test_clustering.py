@@ -124,6 +124,19 @@ def test_spherical_kmeans_recovers_separated_clusters() -> None:
     assert len(pairs) == 5 and len({a for a, _ in pairs}) == 5
 
 
+def test_spherical_kmeans_leaves_the_process_thread_count_as_it_found_it() -> None:
+    # faiss and torch share one OpenMP runtime: the single-threaded K-means of a small identity must not leave
+    # torch on one thread afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        points = np.eye(4, 16, dtype=np.float32)[np.arange(40) % 4]
+        SphericalKMeans(4, niter=2).fit_predict(points, rng=np.random.default_rng(0))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------------------------------- streaming pass
 class RenamingKMeans(SphericalKMeans):
     """Spherical K-means whose cluster ids are rotated by ``shift``: the same partition under other names."""
