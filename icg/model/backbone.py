@@ -12,16 +12,23 @@ Output stride
       extra dilation" treatment BoT gives it at stride 16). A 256x128 image gives a 32x16 map, finer part maps
       for the PPC module. Only Bottleneck ResNets (50/101) support dilation.
 
-Weights
-    ``pretrained=True`` loads torchvision's ``IMAGENET1K_V1`` weights through its weights API, which looks in
-    ``<torch.hub.get_dir()>/checkpoints`` first (``$TORCH_HOME/hub/checkpoints``, by default
-    ``~/.cache/torch/hub/checkpoints``) and downloads otherwise. Offline and without the file,
-    :class:`PretrainedWeightsUnavailableError` says which file to place where.
+Weights (``pretrained``)
+    * ``True``: torchvision's ``IMAGENET1K_V1`` weights through its weights API, which looks in
+      ``<torch.hub.get_dir()>/checkpoints`` first (``$TORCH_HOME/hub/checkpoints``, by default
+      ``~/.cache/torch/hub/checkpoints``) and downloads otherwise. Offline and without the file,
+      :class:`PretrainedWeightsUnavailableError` says which file to place where.
+    * the name of another torchvision weight of the same architecture (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
+      ``"ResNet50_Weights.IMAGENET1K_V2"``), loaded the same way.
+    * a file: a state dict (torchvision's own ``resnet*.pth`` files, or one saved from a
+      :class:`ResNetBackbone`) or an ``icg`` checkpoint, of which only the backbone keys are taken. This is how a
+      backbone pretrained elsewhere (``benchmarks/pretrain_synthetic.py``, a re-ID checkpoint) starts a run.
+    * ``False``: random initialisation.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -42,7 +49,13 @@ from torchvision.models import (
 )
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["PretrainedWeightsUnavailableError", "ResNetBackbone", "build_backbone", "weights_cache_path"]
+__all__ = [
+    "PretrainedWeightsUnavailableError",
+    "ResNetBackbone",
+    "build_backbone",
+    "load_backbone_state",
+    "weights_cache_path",
+]
 
 _RESNETS: dict[str, tuple[Callable[..., ResNet], WeightsEnum, int]] = {
     "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1, 512),
@@ -76,12 +89,69 @@ def _load_state_dict(name: str, weights: WeightsEnum) -> dict[str, Tensor]:
         ) from error
 
 
+# Prefixes under which a backbone's keys sit in the files we accept: an icg checkpoint (``state_dict`` of the
+# LightningModule), an ``ICGNet`` state dict, or a backbone / torchvision ResNet state dict (no prefix).
+_BACKBONE_PREFIXES = ("net.backbone.", "backbone.", "")
+# What a torchvision weight name looks like ("DEFAULT", "IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2"); any
+# other string is taken as a file path.
+_WEIGHT_NAME = re.compile(r"(\w+_Weights\.)?[A-Z][A-Z0-9_]*")
+
+
+def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The backbone weights stored in ``path``, with the key names of :class:`ResNetBackbone`.
+
+    Accepts a plain state dict (torchvision's ``resnet*.pth``, or a saved :class:`ResNetBackbone`; a ResNet's
+    ``fc.*`` classifier is dropped) and an ``icg`` checkpoint or ``ICGNet`` state dict (only the
+    ``net.backbone.*`` / ``backbone.*`` keys are taken). The file is read with ``weights_only=True``: a
+    checkpoint cannot run code while it loads.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file holds no backbone weights.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"backbone weights file {path} does not exist; pretrained takes True, False, a torchvision weight name "
+            f"('IMAGENET1K_V1', 'DEFAULT') or the path of a state dict or icg checkpoint"
+        )
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a foreign or damaged file
+        raise ValueError(f"cannot read backbone weights from {path}: {error}") from error
+    if isinstance(stored, dict) and isinstance(stored.get("state_dict"), dict):
+        stored = stored["state_dict"]
+    if not isinstance(stored, dict) or not all(isinstance(v, Tensor) for v in stored.values()):
+        raise ValueError(f"{path} is not a state dict or an icg checkpoint (a dict of tensors)")
+    for prefix in _BACKBONE_PREFIXES:
+        found = {key[len(prefix) :]: value for key, value in stored.items() if key.startswith(prefix)}
+        found = {key: value for key, value in found.items() if key.startswith(("conv1.", "bn1.", "layer"))}
+        if found:
+            return found
+    raise ValueError(
+        f"{path} holds no ResNet backbone weights: expected keys like 'conv1.weight', 'backbone.conv1.weight' "
+        f"or 'net.backbone.conv1.weight', found e.g. {sorted(stored)[:3]}"
+    )
+
+
+def _named_weights(weights_enum: type[WeightsEnum], value: str) -> WeightsEnum | None:
+    """The torchvision weight of ``weights_enum`` that ``value`` names (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
+    ``"ResNet50_Weights.IMAGENET1K_V2"``), or ``None``."""
+    enum_name, _, member = value.rpartition(".")
+    if enum_name and enum_name != weights_enum.__name__:
+        return None
+    if member == "DEFAULT":
+        return weights_enum.DEFAULT
+    return weights_enum.__members__.get(member)
+
+
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool`` and ``fc``, returning the last feature map.
 
     Args:
         name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
-        pretrained: load torchvision's ImageNet weights (``IMAGENET1K_V1``).
+        pretrained: ``True`` (torchvision's ``IMAGENET1K_V1``), a torchvision weight name, a weights file, or
+            ``False``; see the module docstring.
         output_stride: 32, 16 (BoT's last stride 1) or 8 (``layer3`` dilated too; resnet50/101 only).
 
     Shapes:
@@ -89,7 +159,7 @@ class ResNetBackbone(nn.Module):
         (exact division for inputs that are multiples of 32).
     """
 
-    def __init__(self, name: str = "resnet50", *, pretrained: bool = True, output_stride: int = 16) -> None:
+    def __init__(self, name: str = "resnet50", *, pretrained: bool | str = True, output_stride: int = 16) -> None:
         super().__init__()
         if name not in _RESNETS:
             raise ValueError(f"backbone name must be one of {sorted(_RESNETS)}, got {name!r}")
@@ -102,8 +172,24 @@ class ResNetBackbone(nn.Module):
             )
         factory, weights, channels = _RESNETS[name]
         resnet = factory(weights=None, replace_stride_with_dilation=[False, output_stride == 8, False])
-        if pretrained:
-            resnet.load_state_dict(_load_state_dict(name, weights))
+        state = None
+        if pretrained is True:
+            state = _load_state_dict(name, weights)
+        elif isinstance(pretrained, str):
+            named = _named_weights(type(weights), pretrained)
+            if named is not None:
+                state = _load_state_dict(name, named)
+            elif os.path.isfile(pretrained) or not _WEIGHT_NAME.fullmatch(pretrained):
+                state = _checked_file_state(name, resnet, pretrained)
+            else:
+                raise ValueError(
+                    f"pretrained={pretrained!r} is not a torchvision weight of {name} (one of "
+                    f"{['DEFAULT', *type(weights).__members__]}) nor an existing file"
+                )
+        elif pretrained is not False:
+            raise TypeError(f"pretrained must be a bool, a torchvision weight name or a file path, got {pretrained!r}")
+        if state is not None:
+            resnet.load_state_dict(state, strict=False)
         if output_stride <= 16:
             _remove_layer4_stride(resnet.layer4)
 
@@ -127,6 +213,26 @@ class ResNetBackbone(nn.Module):
         return self.layer4(x)
 
 
+def _checked_file_state(name: str, resnet: ResNet, path: str) -> dict[str, Tensor]:
+    """The backbone weights of ``path``, checked key by key against ``resnet`` (without its ``fc``)."""
+    state = load_backbone_state(path)
+    expected = {key: value for key, value in resnet.state_dict().items() if not key.startswith("fc.")}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+            for what, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", wrong))
+            if items
+        )
+        raise ValueError(f"{path} does not hold {name} backbone weights ({details})")
+    return state
+
+
 def _remove_layer4_stride(layer4: nn.Sequential) -> None:
     # The stride lives in conv2 of a Bottleneck and conv1 of a BasicBlock, and always in the shortcut.
     block = layer4[0]
@@ -140,6 +246,8 @@ def _remove_layer4_stride(layer4: nn.Sequential) -> None:
         block.downsample[0].stride = (1, 1)
 
 
-def build_backbone(name: str = "resnet50", *, pretrained: bool = True, output_stride: int = 16) -> ResNetBackbone:
+def build_backbone(
+    name: str = "resnet50", *, pretrained: bool | str = True, output_stride: int = 16
+) -> ResNetBackbone:
     """Build a :class:`ResNetBackbone`; see there for the arguments."""
     return ResNetBackbone(name, pretrained=pretrained, output_stride=output_stride)

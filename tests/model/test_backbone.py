@@ -85,3 +85,69 @@ def test_cached_weights_are_loaded(tmp_path, monkeypatch) -> None:
     assert set(loaded) == {key for key in state if not key.startswith("fc.")}
     for key, value in loaded.items():
         torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+
+
+def _random_resnet18_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    reference = resnet18(weights=None)
+    with torch.no_grad():
+        for tensor in reference.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.uniform_(0.5, 1.5)
+    return reference.state_dict()
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "icg_checkpoint", "icgnet_state"])
+def test_weights_from_a_file(tmp_path, layout: str) -> None:
+    state = _random_resnet18_state()  # with fc.*, as torchvision's files
+    if layout == "torchvision":
+        stored, prefix = state, ""
+    elif layout == "icg_checkpoint":  # a Lightning checkpoint of an ICGModule: heads and part labels besides
+        prefix = "net.backbone."
+        stored = {"epoch": 3, "state_dict": {**{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
+                                             "net.heads.global.bn.weight": torch.ones(512),
+                                             "part_labels": torch.zeros(4, 8, 4, dtype=torch.uint8)}}
+    else:
+        prefix = "backbone."
+        stored = {**{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
+                  "heads.global.classifier.weight": torch.zeros(5, 512)}
+    path = tmp_path / "weights.pt"
+    torch.save(stored, path)
+    backbone = build_backbone("resnet18", pretrained=str(path))
+    flat = stored["state_dict"] if layout == "icg_checkpoint" else stored
+    loaded = backbone.state_dict()
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, flat[prefix + key], rtol=0, atol=0, msg=key)
+
+
+def test_weights_file_errors_name_the_problem(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.pt.*does not exist.*IMAGENET1K_V1"):
+        build_backbone("resnet18", pretrained=str(tmp_path / "missing.pt"))
+    wrong_architecture = tmp_path / "resnet34.pt"
+    torch.save(build_backbone("resnet34", pretrained=False).state_dict(), wrong_architecture)
+    with pytest.raises(ValueError, match="resnet34.pt does not hold resnet18 backbone weights.*unexpected: layer1.2"):
+        build_backbone("resnet18", pretrained=str(wrong_architecture))
+    no_backbone = tmp_path / "heads.pt"
+    torch.save({"classifier.weight": torch.zeros(3, 3)}, no_backbone)
+    with pytest.raises(ValueError, match="heads.pt holds no ResNet backbone weights"):
+        build_backbone("resnet18", pretrained=str(no_backbone))
+    not_weights = tmp_path / "notes.pt"
+    not_weights.write_text("hello")
+    with pytest.raises(ValueError, match="cannot read backbone weights from .*notes.pt"):
+        build_backbone("resnet18", pretrained=str(not_weights))
+
+
+def test_weights_by_torchvision_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    state = _random_resnet18_state()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / RESNET18_FILE)
+    for name in ("IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1"):
+        loaded = build_backbone("resnet18", pretrained=name).state_dict()
+        torch.testing.assert_close(loaded["layer4.1.bn2.running_var"], state["layer4.1.bn2.running_var"])
+    with pytest.raises(ValueError, match="IMAGENET9K.*not a torchvision weight of resnet18.*IMAGENET1K_V1"):
+        build_backbone("resnet18", pretrained="IMAGENET9K")
+    with pytest.raises(ValueError, match="ResNet50_Weights.IMAGENET1K_V2.*not a torchvision weight of resnet18"):
+        build_backbone("resnet18", pretrained="ResNet50_Weights.IMAGENET1K_V2")
