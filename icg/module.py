@@ -7,8 +7,19 @@ batch's ``source`` map (see :mod:`icg.data.transforms`) tells, for each cell of 
 map, which cell of the un-augmented image it shows, so that labels computed without augmentation are read at
 the right place after flips, crops and erasing. Rows without clustering results yet fall back to horizontal
 bands of the current foreground: with K bands over the image height, the coarse prior PCB-style models use.
+The foreground target of ``L_sep`` is computed online from the batch's ``F_theta`` (see :mod:`icg.model.afm`);
+cells that show padding or an erased box are ignored by both pixel losses.
 
-Optimisation: Adam with BoT's warm-up multi-step schedule, stepped per epoch. BoT trains the center-loss
+Internal signals are logged so that a run shows whether its parts form: ``train/visible_parts`` (parts that
+are the arg-max of some cell, mean per image), ``train/part_entropy`` (mean entropy of the part probabilities,
+nats), ``train/part_accuracy`` (the classifier against its own labels), ``train/foreground_share`` (of the
+target) and ``train/adjacency_deviation`` (mean ``|M - 0.5|`` of the FSG adjacency, 0 while it has not moved).
+A warning says so when a whole epoch after the first clustering had no visible part.
+
+Optimisation: AdamW with BoT's warm-up multi-step schedule, stepped per epoch. The weight decay is decoupled
+from the gradient (Loshchilov & Hutter): with Adam's L2 penalty, a branch whose loss is weighted 0.2 (ICG's
+``feat_weight``) or a pixel head weighted 0.1 is effectively decayed 5x or 10x more strongly than BoT's branch at
+weight 1, so an ablation would compare regularisations as well as modules. BoT trains the center-loss
 centres with their own plain SGD (lr 0.5) on the *unweighted* center-loss gradient; here the centres sit in a
 last parameter group of the optimiser with learning rate 0, only so that Lightning unscales (fp16), all-reduces
 (DDP) and zeroes their gradients, and :meth:`ICGModule.on_before_optimizer_step` applies that SGD step and
@@ -24,7 +35,7 @@ from typing import Any, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from icg.clustering import PartClustering
@@ -35,6 +46,37 @@ from icg.model import ICGNet, ICGOutput, foreground_target, to_reid_features
 from icg.retrieval import ReIDFeatures
 
 IGNORE_INDEX = -100
+
+
+def cell_centres(size: Sequence[int], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """The input pixel that stands for each cell of an ``h x w`` feature map of an ``H x W`` image: the centre of
+    the cell's ``H/h x W/w`` block, ``((i + 0.5) * H / h, (j + 0.5) * W / w)`` rounded down. Returns the rows
+    ``[h]`` and columns ``[w]``; the training step reads labels there and the ablation samples true masks there.
+    """
+    (h, w), (height, width) = size, image_size
+    rows = ((torch.arange(h) + 0.5) * height / h).long()
+    cols = ((torch.arange(w) + 0.5) * width / w).long()
+    return rows, cols
+
+
+def cell_sources(source: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each feature cell of an augmented batch comes from in the un-augmented images.
+
+    Args:
+        source: ``[B, H, W]`` flat index into the un-augmented image of each input pixel, or -1 (padding,
+            erased); see :mod:`icg.data.transforms`.
+        size: ``(h, w)`` of the feature map.
+
+    Returns:
+        ``valid [B, h, w]`` bool (the cell's centre shows an image pixel), and the ``row`` and ``col``
+        ``[B, h, w]`` of that pixel in the un-augmented image (0 where not valid).
+    """
+    height, width = source.shape[-2:]
+    rows, cols = cell_centres(size, (height, width))
+    cell_source = source[:, rows.to(source.device)[:, None], cols.to(source.device)[None, :]]
+    valid = cell_source != INVALID_SOURCE
+    cell_source = cell_source.clamp_min(0)
+    return valid, cell_source // width, cell_source % width
 
 
 def feature_map_size(image_size: Sequence[int], output_stride: int = 16) -> tuple[int, int]:
@@ -67,15 +109,21 @@ class ICGModule(LightningModule):
             needed when ``use_ppc``.
         image_size: (height, width) of the input, which fixes the size of the part-label maps.
         backbone: ``resnet18/34/50/101``.
-        pretrained: start from torchvision's ImageNet weights (must be on disk when offline).
+        pretrained: backbone weights: ``True`` for torchvision's ImageNet weights (must be on disk when offline),
+            another torchvision weight name (``"IMAGENET1K_V2"``), a file (a state dict or an icg checkpoint, of
+            which only the backbone is taken) or ``False``.
         num_parts: K, body parts of the PPC (the paper's best: 6).
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
+        foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
+            (eq. 8-9); otherwise the AFM's own head (eq. 16). See :mod:`icg.model.network`.
+        part_logit_scale: logit scale of the part classifier (see :mod:`icg.model.ppc`).
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
-        fg_threshold: a cell is foreground when its feature norm is at least this share of the image's largest.
+        fg_threshold: a cell is foreground when the norm of its ``F_theta`` is at least this share of the image's
+            largest (eq. 3; the same rule in the clustering).
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
-        lr, weight_decay: Adam's (BoT: 3.5e-4, 5e-4).
+        lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
         warmup_epochs, warmup_start: linear warm-up from ``warmup_start * lr`` over ``warmup_epochs``.
         milestones, gamma: the learning rate is multiplied by ``gamma`` at each milestone epoch.
         center_lr: SGD learning rate of the center-loss centres (BoT: 0.5).
@@ -94,11 +142,13 @@ class ICGModule(LightningModule):
         num_train_samples: int = 0,
         image_size: tuple[int, int] = (256, 128),
         backbone: str = "resnet50",
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         num_parts: int = 6,
         use_afm: bool = True,
         use_ppc: bool = True,
         use_fsg: bool = True,
+        foreground_from_parts: bool = True,
+        part_logit_scale: float = 16.0,
         gcn_layers: int = 2,
         output_stride: int = 16,
         fg_threshold: float = 0.5,
@@ -134,6 +184,8 @@ class ICGModule(LightningModule):
             use_afm=use_afm,
             use_ppc=use_ppc,
             use_fsg=use_fsg,
+            foreground_from_parts=foreground_from_parts,
+            part_logit_scale=part_logit_scale,
             gcn_layers=gcn_layers,
             output_stride=output_stride,
         )
@@ -151,6 +203,8 @@ class ICGModule(LightningModule):
         self.label_size = feature_map_size(image_size, output_stride)
         self.register_buffer("part_labels", torch.zeros(rows, *self.label_size, dtype=torch.uint8))
         self.register_buffer("labelled", torch.zeros(rows, dtype=torch.bool))
+        self._epoch_visible_parts = torch.zeros(())
+        self._visibility_warned = False
         self.val_metric = ReIDMetric(rerank=rerank)
         self.test_metric = ReIDMetric(rerank=rerank)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -168,9 +222,10 @@ class ICGModule(LightningModule):
         computed in eval mode; compare them with :func:`icg.retrieval.icg_distance`."""
         return self.net.extract(images.contiguous(memory_format=self.memory_format))
 
-    def feature_maps(self, images: Tensor) -> Tensor:
-        """``F_g`` [B, C, h, w], the map the part clustering groups; runs in the module's current mode."""
-        return self.net.feature_map(images.contiguous(memory_format=self.memory_format))
+    def backbone_maps(self, images: Tensor) -> Tensor:
+        """``F_theta`` [B, C, h, w], the map the part clustering reads (foreground by its norms, parts by its
+        directions); runs in the module's current mode."""
+        return self.net.backbone_map(images.contiguous(memory_format=self.memory_format))
 
     # ---------------------------------------------------------------------------------------------- training
     def part_targets(self, index: Tensor, source: Tensor, foreground: Tensor) -> Tensor:
@@ -191,13 +246,7 @@ class ICGModule(LightningModule):
                 f"ICGModule: the feature map is {h}x{w} but part labels are {self.label_size[0]}x"
                 f"{self.label_size[1]}; set image_size to the datamodule's ({height}x{width})"
             )
-        # the input pixel at the centre of each feature cell stands for the cell
-        rows = ((torch.arange(h, device=source.device) + 0.5) * height / h).long()
-        cols = ((torch.arange(w, device=source.device) + 0.5) * width / w).long()
-        cell_source = source[:, rows[:, None], cols[None, :]]
-        valid = cell_source != INVALID_SOURCE
-        source_row = cell_source.clamp_min(0) // width
-        source_col = cell_source.clamp_min(0) % width
+        valid, source_row, source_col = cell_sources(source, (h, w))
         label_row, label_col = source_row * h // height, source_col * w // width
         clustered = self.part_labels[index[:, None, None], label_row, label_col].long()
         bands = 1 + source_row * self.hparams.num_parts // height
@@ -205,23 +254,69 @@ class ICGModule(LightningModule):
         labels = torch.where(self.labelled[index][:, None, None], clustered, fallback)
         return labels.masked_fill(~valid, IGNORE_INDEX)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        output = self(batch["image"])
-        foreground = None
-        if self.net.use_afm or self.net.use_ppc:
-            foreground = foreground_target(output.feature_map, self.hparams.fg_threshold)
-        part_target = None
+    def pixel_targets(self, output: ICGOutput, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """Targets of ``L_sep`` and ``L_par`` for a training batch (``None`` for a module that is off).
+
+        The foreground target is the feature-norm rule (eq. 3) applied to the batch's ``F_theta``, the map
+        before the attention (see :mod:`icg.model.afm` for why not after); the part target is read from the
+        pseudo-labels through the source map (:meth:`part_targets`). Both are ``[B, h, w]`` long with
+        ``IGNORE_INDEX`` where a cell shows padding or an erased box.
+        """
+        if not (self.net.use_afm or self.net.use_ppc):
+            return None, None
+        foreground = foreground_target(output.backbone_map, self.hparams.fg_threshold)
+        fg_target = part_target = None
+        if self.net.use_afm:
+            valid = cell_sources(batch["source"], foreground.shape[-2:])[0]
+            fg_target = foreground.masked_fill(~valid, IGNORE_INDEX)
         if self.net.use_ppc:
             part_target = self.part_targets(batch["index"], batch["source"], foreground)
-        loss, logs = self.criterion(
-            output, batch["pid"], foreground if self.net.use_afm else None, part_target
-        )
+        return fg_target, part_target
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        output = self(batch["image"])
+        fg_target, part_target = self.pixel_targets(output, batch)
+        loss, logs = self.criterion(output, batch["pid"], fg_target, part_target)
         batch_size = len(batch["pid"])
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in logs.items() if k != "total"}, batch_size=batch_size)
-        if foreground is not None:
-            self.log("train/foreground_share", foreground.float().mean(), batch_size=batch_size)
+        self.log_dict(self._part_signals(output, fg_target, part_target), batch_size=batch_size)
         return loss
+
+    @torch.no_grad()
+    def _part_signals(self, output: ICGOutput, fg_target: Tensor | None, part_target: Tensor | None) -> dict:
+        signals = {}
+        if fg_target is not None:
+            labelled = fg_target != IGNORE_INDEX
+            signals["train/foreground_share"] = (fg_target == 1).sum() / labelled.sum().clamp_min(1)
+        if output.part_logits is not None:
+            visible = output.visibility.float().sum(dim=1)
+            self._epoch_visible_parts = self._epoch_visible_parts.to(visible.device) + visible.sum()
+            log_prob = output.part_logits.float().log_softmax(dim=1)
+            labelled = part_target != IGNORE_INDEX
+            correct = (output.part_logits.argmax(dim=1) == part_target) & labelled
+            signals["train/visible_parts"] = visible.mean()
+            signals["train/part_entropy"] = -(log_prob.exp() * log_prob).sum(dim=1).mean()
+            signals["train/part_accuracy"] = correct.sum() / labelled.sum().clamp_min(1)
+        if self.net.graph is not None:
+            signals["train/adjacency_deviation"] = (self.net.graph.adjacency - 0.5).abs().mean()
+        return signals
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_visible_parts = torch.zeros((), device=self.device)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.net.use_ppc or self._visibility_warned:
+            return
+        visible = self.trainer.strategy.reduce(self._epoch_visible_parts, reduce_op="sum")
+        if bool(self.labelled.any()) and float(visible) == 0.0:
+            self._visibility_warned = True
+            rank_zero_warn(
+                f"ICGModule: no part was visible in any training image of epoch {self.current_epoch} (the part "
+                "classifier predicts background in every cell), so the parts and graph branches and the part "
+                "terms of the retrieval distance are empty. See train/part_accuracy, train/part_entropy and the "
+                "part picture; docs/DECISIONS.md explains the mechanisms."
+            )
 
     def configure_callbacks(self) -> list[Callback]:
         # The part labels are part of the method: an ICG model always gets a PartClustering, unless the
@@ -246,7 +341,7 @@ class ICGModule(LightningModule):
         centers = list(self.criterion.parameters())
         center_ids = {id(p) for p in centers}
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in center_ids]
-        optimizer = torch.optim.Adam(
+        optimizer = torch.optim.AdamW(
             [{"params": params}, {"params": centers, "lr": 0.0, "weight_decay": 0.0}],
             lr=hp.lr,
             weight_decay=hp.weight_decay,

@@ -103,6 +103,7 @@ def _fake_output(dims: dict[str, int], num_classes: int, with_pixels: bool) -> I
     }
     return ICGOutput(
         feature_map=torch.randn(8, 4, 4, 2),
+        backbone_map=torch.randn(8, 4, 4, 2),
         branches=branches,
         fg_logits=torch.randn(8, 2, 4, 2) if with_pixels else None,
         part_logits=torch.randn(8, 4, 4, 2) if with_pixels else None,

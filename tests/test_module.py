@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icg.module import IGNORE_INDEX, ICGModule, feature_map_size, warmup_multistep_factor
+from icg.losses import pixel_cross_entropy
+from icg.module import IGNORE_INDEX, ICGModule, cell_centres, feature_map_size, warmup_multistep_factor
 from icg.model import build_backbone
 
 H, W = 64, 32  # feature map 4 x 2 at output stride 16
@@ -52,6 +53,76 @@ def test_unclustered_rows_fall_back_to_bands_of_the_foreground(module: ICGModule
     foreground = torch.tensor([[[1, 0], [1, 1], [0, 1], [1, 1]]])
     # cell centres at rows 8, 24, 40, 56 of 64 -> bands 1 + row * 3 // 64 = 1, 2, 2, 3
     assert _targets(module, _identity_source(), index=1, foreground=foreground) == [[1, 0], [2, 2], [0, 2], [3, 3]]
+
+
+def test_cell_centres_hand_case() -> None:
+    rows, cols = cell_centres((4, 2), (64, 32))
+    assert rows.tolist() == [8, 24, 40, 56] and cols.tolist() == [8, 24]
+
+
+def test_foreground_target_ignores_padding_and_erased_cells() -> None:
+    module = ICGModule(num_classes=4, image_size=(H, W), backbone="resnet18", pretrained=False,
+                       use_ppc=False, use_fsg=False)
+    rows = torch.arange(H)[:, None] + 16  # shifted down by one cell: the last cell row shows padding
+    source = torch.where(rows < H, rows * W + torch.arange(W)[None, :], -1)
+    source[0:16, 0:16] = -1  # an erased box over cell (0, 0)
+    batch = {"image": torch.randn(1, 3, H, W), "source": source[None], "index": torch.tensor([0])}
+    with torch.no_grad():
+        output = module.eval()(batch["image"])
+    fg_target, part_target = module.pixel_targets(output, batch)
+    assert part_target is None
+    ignored = (fg_target[0] == IGNORE_INDEX).tolist()
+    assert ignored == [[True, False], [False, False], [False, False], [True, True]]
+    # the other cells follow eq. 3 on the map before the attention
+    norms = output.backbone_map[0].norm(dim=0)
+    expected = (norms / norms.max() >= module.hparams.fg_threshold).long()
+    assert torch.equal(fg_target[0][~torch.tensor(ignored)], expected[~torch.tensor(ignored)])
+
+
+def test_foreground_target_stays_on_a_bright_object_whatever_the_attention_learns() -> None:
+    # L_sep alone trains the attention and the foreground classifier over a frozen random trunk, on images with a
+    # bright object in the centre columns. Read after the attention, the target collapsed onto positions (its
+    # on-object share fell from 0.78 to 0.00 within 50 steps); read before it, the attention cannot move it.
+    torch.manual_seed(0)
+    height, width = 128, 64
+    module = ICGModule(num_classes=2, image_size=(height, width), backbone="resnet18", pretrained=False,
+                       use_ppc=False, use_fsg=False, fg_threshold=0.3)
+    module.net.backbone.requires_grad_(False)
+    images = torch.randn(16, 3, height, width) * 0.5
+    images[:, :, 16:120, 20:44] += torch.randn(16, 3, 1, 1) * 1.5
+    on_object = torch.zeros(8, 4, dtype=torch.bool)
+    on_object[1:8, 1:3] = True
+    batch = {"image": images, "source": torch.arange(height * width).view(1, height, width).expand(16, -1, -1),
+             "index": torch.arange(16)}
+    trained = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-3)
+    shares = []
+    for _ in range(60):
+        output = module(images)
+        fg_target, _ = module.pixel_targets(output, batch)
+        shares.append(fg_target[:, on_object].float().mean().item())
+        loss = pixel_cross_entropy(output.fg_logits, fg_target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert shares[0] > 0.7 and min(shares) > 0.7
+    attention = module.net.attention(output.backbone_map).detach()
+    assert attention.std() > 0.01  # the attention did learn something, it just cannot move the target
+
+
+def test_weight_decay_is_decoupled_from_the_loss_weights() -> None:
+    # AdamW shrinks a parameter without gradient by exactly lr * weight_decay per step, whatever the loss weights;
+    # Adam's L2 penalty would move it by ~lr (its gradient is the penalty alone, which Adam normalises to 1).
+    module = ICGModule(num_classes=3, num_train_samples=2, image_size=(H, W), backbone="resnet18",
+                       pretrained=False, num_parts=3, lr=1e-3, weight_decay=0.05, warmup_epochs=0)
+    optimizer = module.configure_optimizers()["optimizer"]
+    before = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    for parameter in optimizer.param_groups[0]["params"]:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    for old, parameter in zip(before, optimizer.param_groups[0]["params"]):
+        torch.testing.assert_close(parameter.detach(), old * (1 - 1e-3 * 0.05), rtol=1e-6, atol=1e-9)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0  # the centre-loss centres are not decayed
 
 
 @pytest.mark.parametrize(("image_size", "stride"), [((256, 128), 16), ((250, 100), 16), ((64, 32), 8), ((97, 45), 8)])

@@ -2,25 +2,36 @@
 
 Data flow for one batch ``[B, 3, H, W]`` (``C`` channels, ``h x w`` the backbone map, ``K`` parts)::
 
-    F_theta = backbone(images)                           [B, C, h, w]
-    F_g     = F_theta * S_A             (AFM)            [B, C, h, w]
-    P_f     = softmax(ForegroundHead(F_g))[:, 1]  (AFM)  [B, h, w]
-    P_0..K  = softmax(PPC(L2norm(F_g * P_f)))     (PPC)  [B, K + 1, h, w]
-    parts   = weighted mean of F_g under P_1..P_K        [B, K, C]
+    F_theta = backbone(images)                             [B, C, h, w]
+    F_g     = F_theta * S_A             (AFM)              [B, C, h, w]
+    P_0..K  = softmax(s * PPC(L2norm(F_g)))     (PPC)      [B, K + 1, h, w]
+    P_f     = 1 - P_0                   (eq. 8, default)   [B, h, w]
+              or softmax(ForegroundHead(F_g))[:, 1]  (eq. 16, foreground_from_parts=False)
+    parts   = weighted mean of F_g under P_1..P_K          [B, K, C]
 
-    "global"     GAP(F_g)                                [B, C]
-    "foreground" weighted mean of F_g under P_f          [B, C]
-    "parts"      parts, concatenated                     [B, K * C]
-    "graph"      FSG(parts, visibility)                  [B, C]
+    "global"     GAP(F_g)                                  [B, C]
+    "foreground" weighted mean of F_g under P_f            [B, C]
+    "parts"      parts, concatenated                       [B, K * C]
+    "graph"      FSG(parts, visibility)                    [B, C]
 
 Each branch goes through its own :class:`~icg.model.heads.BNNeck`. The parts branch has a single BNNeck on the
 concatenated ``[B, K * C]`` vector, so its triplet, center and identity losses see the whole part set at once;
 the after-BN vector viewed as ``[B, K, C]`` gives the per-part features used at retrieval time (BatchNorm1d is
 per channel, so each part keeps its own normalisation).
 
+The foreground. The paper gives two: a 1x1 head on ``F_g`` trained by ``L_sep`` (eq. 16-17), and the union of
+the parts, ``P_f = sum_k P_k`` (eq. 8-9). With ``foreground_from_parts`` (the default when the PPC is on) the
+network follows eq. 8-9: ``P_f = 1 - P_0`` and ``L_sep`` trains the part classifier's background-vs-rest split
+(``fg_logits`` are ``[l_0, logsumexp(l_1..l_K)]``, whose softmax is exactly ``[P_0, 1 - P_0]``). The
+foreground branch's identity losses then reach the part classifier, so the parts learn to cover what
+identifies the person. Without the PPC, the AFM's own head gives ``P_f``.
+
+The part classifier sees the direction of ``F_g`` only (each cell L2-normalised, eq. 5-6): the same quantity the
+K-means pseudo-labels are computed from. A per-cell factor (``S_A``, ``P_f``) does not change a direction, so
+classifying ``F_f = F_g * P_f`` (eq. 18) or ``F_g`` is the same.
+
 Switches: the foreground branch exists with ``use_afm``, the parts branch with ``use_ppc``, the graph branch with
 ``use_fsg`` (which needs ``use_ppc``). With all three off the network is BoT: backbone, GAP, one BNNeck.
-When the AFM is off, the PPC classifies ``F_g`` directly.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from icg.model.afm import ForegroundHead, SpatialAttention
 from icg.model.backbone import build_backbone
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
-from icg.model.ppc import PixelPartClassifier, part_visibility, weighted_mean_pool
+from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
 from icg.retrieval import ReIDFeatures
 
 __all__ = ["BranchOutput", "ICGNet", "ICGOutput", "to_reid_features"]
@@ -60,16 +71,19 @@ class ICGOutput:
     """Everything one forward pass of :class:`ICGNet` produces.
 
     Attributes:
-        feature_map: ``F_g`` ``[B, C, h, w]`` (after the spatial attention when the AFM is on); the foreground
-            target of :func:`~icg.model.afm.foreground_target` is computed from it.
+        feature_map: ``F_g`` ``[B, C, h, w]`` (after the spatial attention when the AFM is on).
+        backbone_map: ``F_theta`` ``[B, C, h, w]``, the backbone's map before the attention; the foreground
+            target of :func:`~icg.model.afm.foreground_target` is computed from it (see that function).
         branches: the active branches in the order global, foreground, parts, graph.
-        fg_logits: foreground head ``[B, 2, h, w]`` (channel 1 = foreground), ``None`` without AFM.
+        fg_logits: foreground logits ``[B, 2, h, w]`` (channel 1 = foreground; from the parts or the AFM head),
+            ``None`` without AFM.
         part_logits: part classifier ``[B, K + 1, h, w]`` (channel 0 = background), ``None`` without PPC.
         visibility: ``[B, K]`` bool, part ``k + 1`` is the arg-max of some cell; ``None`` without PPC.
         part_bn_features: the parts branch's after-BN feature as ``[B, K, C]``; ``None`` without PPC.
     """
 
     feature_map: Tensor
+    backbone_map: Tensor
     branches: dict[str, BranchOutput] = field(default_factory=dict)
     fg_logits: Tensor | None = None
     part_logits: Tensor | None = None
@@ -99,11 +113,16 @@ class ICGNet(nn.Module):
     Args:
         num_classes: number of training identities (classifier outputs).
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
-        pretrained: start the backbone from torchvision's ImageNet weights.
+        pretrained: backbone weights: ``True`` (torchvision's ImageNet), a torchvision weight name, a weights file
+            (state dict or icg checkpoint) or ``False``; see :mod:`icg.model.backbone`.
         num_parts: ``K``, the number of body parts of the PPC (default 6, the paper's best).
         use_afm: attention-based foreground mask and the foreground branch.
         use_ppc: pixel-wise part classifier and the parts branch.
         use_fsg: flexible structure graph and the graph branch (needs ``use_ppc``).
+        foreground_from_parts: with the PPC on, ``P_f = 1 - P_0`` (eq. 8-9) instead of the AFM's own head
+            (eq. 16); see the module docstring. Without the PPC the head is used either way.
+        part_logit_scale: ``s``, the part classifier's logit scale (see
+            :class:`~icg.model.ppc.PixelPartClassifier`).
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
         pool_eps: added to the weight sums of the weighted mean pooling.
@@ -117,11 +136,13 @@ class ICGNet(nn.Module):
         num_classes: int,
         *,
         backbone: str = "resnet50",
-        pretrained: bool = True,
+        pretrained: bool | str = True,
         num_parts: int = 6,
         use_afm: bool = True,
         use_ppc: bool = True,
         use_fsg: bool = True,
+        foreground_from_parts: bool = True,
+        part_logit_scale: float = 16.0,
         gcn_layers: int = 2,
         output_stride: int = 16,
         pool_eps: float = 1e-6,
@@ -140,14 +161,17 @@ class ICGNet(nn.Module):
         self.use_afm = use_afm
         self.use_ppc = use_ppc
         self.use_fsg = use_fsg
+        self.foreground_from_parts = foreground_from_parts and use_afm and use_ppc
         self.pool_eps = pool_eps
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
         channels = self.backbone.out_channels
         self.out_channels = channels
         self.attention = SpatialAttention() if use_afm else None
-        self.foreground_head = ForegroundHead(channels) if use_afm else None
-        self.part_classifier = PixelPartClassifier(channels, num_parts) if use_ppc else None
+        self.foreground_head = ForegroundHead(channels) if use_afm and not self.foreground_from_parts else None
+        self.part_classifier = (
+            PixelPartClassifier(channels, num_parts, logit_scale=part_logit_scale) if use_ppc else None
+        )
         self.graph = FlexibleStructureGraph(num_parts, channels, num_layers=gcn_layers) if use_fsg else None
         self.heads = nn.ModuleDict({name: BNNeck(dim, num_classes) for name, dim in self.branch_dims.items()})
 
@@ -166,20 +190,23 @@ class ICGNet(nn.Module):
     def forward(self, images: Tensor) -> ICGOutput:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-        feature_map = self.feature_map(images)
-        output = ICGOutput(feature_map=feature_map)
+        backbone_map = self.backbone(images)
+        feature_map = self._attend(backbone_map)
+        output = ICGOutput(feature_map=feature_map, backbone_map=backbone_map)
         output.branches["global"] = self._head("global", feature_map.mean(dim=(2, 3)))
 
-        classifier_input = feature_map
-        if self.foreground_head is not None:
-            output.fg_logits = self.foreground_head(feature_map)
+        if self.part_classifier is not None:
+            output.part_logits = self.part_classifier(feature_map)
+        if self.use_afm:
+            if self.foreground_head is None:
+                output.fg_logits = parts_foreground_logits(output.part_logits)
+            else:
+                output.fg_logits = self.foreground_head(feature_map)
             fg_prob = output.fg_logits.softmax(dim=1)[:, 1:]
             foreground = weighted_mean_pool(feature_map, fg_prob, eps=self.pool_eps)[:, 0]
             output.branches["foreground"] = self._head("foreground", foreground)
-            classifier_input = feature_map * fg_prob.to(feature_map.dtype)
 
-        if self.part_classifier is not None:
-            output.part_logits = self.part_classifier(classifier_input)
+        if output.part_logits is not None:
             part_prob = output.part_logits.softmax(dim=1)[:, 1:]
             parts = weighted_mean_pool(feature_map, part_prob, eps=self.pool_eps)
             output.visibility = part_visibility(output.part_logits)
@@ -189,12 +216,19 @@ class ICGNet(nn.Module):
                 output.branches["graph"] = self._head("graph", self.graph(parts, output.visibility))
         return output
 
+    def backbone_map(self, images: Tensor) -> Tensor:
+        """``F_theta`` ``[B, C, h, w]``, the backbone's map before the attention: what the part clustering and the
+        foreground target read (the attention only rescales cells, so their directions are those of ``F_g``)."""
+        return self.backbone(images)
+
     def feature_map(self, images: Tensor) -> Tensor:
         """``F_g`` ``[B, C, h, w]``: the backbone map, after the spatial attention when the AFM is on."""
-        feature_map = self.backbone(images)
-        if self.attention is not None:
-            feature_map = feature_map * self.attention(feature_map)
-        return feature_map
+        return self._attend(self.backbone(images))
+
+    def _attend(self, backbone_map: Tensor) -> Tensor:
+        if self.attention is None:
+            return backbone_map
+        return backbone_map * self.attention(backbone_map)
 
     @torch.no_grad()
     def extract(self, images: Tensor) -> ReIDFeatures:

@@ -89,13 +89,15 @@ def test_all_off_is_exactly_bot() -> None:
     assert not net.heads["global"].bn.bias.requires_grad
 
 
-def test_branch_wiring_against_numpy() -> None:
-    net = _net(num_parts=3).eval()
+@pytest.mark.parametrize("foreground_from_parts", [True, False])
+def test_branch_wiring_against_numpy(foreground_from_parts: bool) -> None:
+    net = _net(num_parts=3, foreground_from_parts=foreground_from_parts).eval()
     with torch.no_grad():
         images = _images(batch=2)
         out = net(images)
         raw = net.backbone(images)
         torch.testing.assert_close(out.feature_map, raw * net.attention(raw))
+        torch.testing.assert_close(out.backbone_map, raw)
     f = out.feature_map.double().numpy()
 
     def softmax(x: np.ndarray) -> np.ndarray:
@@ -105,8 +107,21 @@ def test_branch_wiring_against_numpy() -> None:
     def weighted_mean(weight: np.ndarray) -> np.ndarray:  # [B, h, w] -> [B, C]
         return (f * weight[:, None]).sum(axis=(2, 3)) / (weight.sum(axis=(1, 2))[:, None] + 1e-6)
 
-    fg = softmax(out.fg_logits.double().numpy())[:, 1]
-    parts = softmax(out.part_logits.double().numpy())[:, 1:]
+    # the part classifier: a 1x1 convolution of the L2-normalised cells, times the logit scale
+    weight = net.part_classifier.conv.weight.detach().double().numpy()[:, :, 0, 0]
+    bias = net.part_classifier.conv.bias.detach().double().numpy()
+    unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+    part_logits = net.part_classifier.logit_scale * (np.einsum("kc,bchw->bkhw", weight, unit) + bias[None, :, None, None])
+    np.testing.assert_allclose(out.part_logits.numpy(), part_logits, rtol=1e-4, atol=1e-4)
+    parts = softmax(part_logits)[:, 1:]
+    if foreground_from_parts:  # eq. 8: the foreground is the union of the parts
+        assert net.foreground_head is None
+        fg = parts.sum(axis=1)
+    else:  # eq. 16: the AFM's own head
+        head_weight = net.foreground_head.conv.weight.detach().double().numpy()[:, :, 0, 0]
+        head_bias = net.foreground_head.conv.bias.detach().double().numpy()
+        fg = softmax(np.einsum("kc,bchw->bkhw", head_weight, f) + head_bias[None, :, None, None])[:, 1]
+    np.testing.assert_allclose(out.fg_logits.softmax(dim=1)[:, 1].numpy(), fg, rtol=1e-4, atol=1e-5)
     expected = {
         "global": f.mean(axis=(2, 3)),
         "foreground": weighted_mean(fg),

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from icg.model.ppc import PixelPartClassifier, part_visibility, weighted_mean_pool
+import torch.nn.functional as F
+
+from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
 
 
-def test_classifier_reference_and_shape() -> None:
+@pytest.mark.parametrize("scale", [1.0, 16.0])
+def test_classifier_reference_and_shape(scale: float) -> None:
     torch.manual_seed(0)
-    classifier = PixelPartClassifier(5, num_parts=3).double()
+    classifier = PixelPartClassifier(5, num_parts=3, logit_scale=scale).double()
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
     logits = classifier(x)
     assert logits.shape == (2, 4, 4, 3)
@@ -20,7 +23,7 @@ def test_classifier_reference_and_shape() -> None:
         for i in range(4):
             for j in range(3):
                 cell = xs[b, :, i, j]
-                expected = weight @ (cell / np.linalg.norm(cell)) + bias
+                expected = scale * (weight @ (cell / np.linalg.norm(cell)) + bias)
                 np.testing.assert_allclose(logits[b, :, i, j].detach().numpy(), expected, rtol=1e-10)
 
 
@@ -32,9 +35,57 @@ def test_classifier_ignores_the_scale_of_each_cell() -> None:
     torch.testing.assert_close(classifier(x * scale), classifier(x), rtol=1e-5, atol=1e-5)
 
 
-def test_classifier_rejects_zero_parts() -> None:
+def test_classifier_rejects_zero_parts_and_a_bad_scale() -> None:
     with pytest.raises(ValueError, match="num_parts"):
         PixelPartClassifier(8, num_parts=0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        PixelPartClassifier(8, num_parts=3, logit_scale=0.0)
+
+
+def _train_on_positional_parts(logit_scale: float, steps: int = 200) -> tuple[float, float]:
+    """Visible parts per image and cell accuracy of a classifier trained on fixed labels: an 8x4 map with 4 parts
+    in the two centre columns and 70% background, features like a CNN's (non-negative, so the classes' mean
+    directions are close: cosine ~0.75)."""
+    generator = torch.Generator().manual_seed(0)
+    channels, num_parts = 256, 4
+    labels = torch.zeros(8, 4, dtype=torch.long)
+    labels[1:3, 1:3], labels[3:5, 1:3], labels[5:7, 1:3], labels[7, 1:3] = 1, 2, 3, 4
+    labels[::2, 2] = 0
+    target = labels.expand(32, 8, 4)
+    class_means = torch.rand(num_parts + 1, channels, generator=generator)
+    features = class_means[target].permute(0, 3, 1, 2) + 0.5 * torch.rand(32, channels, 8, 4, generator=generator)
+    torch.manual_seed(0)
+    classifier = PixelPartClassifier(channels, num_parts, logit_scale=logit_scale)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = F.cross_entropy(classifier(features), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = classifier(features)
+    accuracy = (logits.argmax(dim=1) == target).float().mean().item()
+    return part_visibility(logits).float().sum(dim=1).mean().item(), accuracy
+
+
+def test_classifier_becomes_confident_enough_for_parts_to_win_cells() -> None:
+    # Without a scale, logits stay within ~0.6 of the bias and the background prior wins every cell: no visible
+    # part (the failure of the code before the scale). With the default scale every part wins its cells.
+    visible, accuracy = _train_on_positional_parts(logit_scale=16.0)
+    assert visible == 4.0 and accuracy == 1.0
+    visible_unscaled, _ = _train_on_positional_parts(logit_scale=1.0)
+    assert visible_unscaled < 1.0
+
+
+def test_parts_foreground_logits_give_one_minus_background() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 3, 2, dtype=torch.float64)
+    probabilities = logits.softmax(dim=1)
+    two_way = parts_foreground_logits(logits).softmax(dim=1)
+    torch.testing.assert_close(two_way[:, 0], probabilities[:, 0])
+    torch.testing.assert_close(two_way[:, 1], probabilities[:, 1:].sum(dim=1))
+    with pytest.raises(ValueError, match="part_logits"):
+        parts_foreground_logits(torch.randn(2, 1, 3, 2))
 
 
 def test_weighted_mean_pool_matches_loop() -> None:
