@@ -3,10 +3,9 @@
 For every training identity, the foreground cells of the feature maps of *all* its training images (no
 augmentation, model in eval mode) are L2-normalised and clustered into ``K`` clusters; the clusters are
 numbered ``1..K`` from top to bottom by the mean row of their cells, background cells are ``0``. The pass reads
-``F_theta``, the backbone's map before the attention, as the training step's foreground target does: a cell is
+``F_g``, the map after the attention, with the rule of the training step's foreground target: a cell is
 foreground when its norm is at least ``fg_threshold`` of the image's largest
-(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. (The
-directions that K-means groups are the same before and after the attention, which only rescales each cell.) The labels go into the module's ``part_labels`` buffer
+(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. The labels go into the module's ``part_labels`` buffer
 (``uint8 [N, h, w]``) and ``labelled`` flags (``bool [N]``), where :class:`icg.ICGModule` reads them.
 
 Decisions the paper leaves open:
@@ -289,7 +288,7 @@ def cluster_part_labels(
     bf16/fp16 autocast on CUDA).
 
     Args:
-        feature_fn: images ``[B, 3, H, W]`` on ``device`` -> feature maps ``[B, C, h, w]`` (``F_theta``).
+        feature_fn: images ``[B, 3, H, W]`` on ``device`` -> feature maps ``F_g`` ``[B, C, h, w]``.
         dataset: items are dicts with an ``"image"`` tensor; item ``i`` is row ``i`` of the labels.
         pids: identity of each item (``len(dataset)`` of them).
         num_parts: ``K``.
@@ -489,8 +488,8 @@ class PartClustering(Callback):
 
         Args:
             module: has the buffers ``part_labels`` ``uint8 [N, h, w]`` and ``labelled`` ``bool [N]``,
-                ``hparams.num_parts`` (and ``hparams.fg_threshold`` unless given), and ``backbone_maps(images)``
-                giving ``F_theta`` ``[B, C, h, w]`` in the module's current mode.
+                ``hparams.num_parts`` (and ``hparams.fg_threshold`` unless given), and ``feature_maps(images)``
+                giving ``F_g`` ``[B, C, h, w]`` in the module's current mode.
             dataset: ``N`` items, dicts with an ``"image"``; item ``i`` is row ``i``.
             pids: identity of each item.
             trainer: under DDP, shards the identities over its ranks and sums the labels across them.
@@ -503,10 +502,8 @@ class PartClustering(Callback):
         for name in ("part_labels", "labelled"):
             if not isinstance(getattr(module, name, None), Tensor):
                 raise TypeError(f"PartClustering: the module has no {name!r} buffer (an ICGModule with use_ppc=True?)")
-        if not callable(getattr(module, "backbone_maps", None)):
-            raise TypeError(
-                "PartClustering: the module has no backbone_maps(images) method giving F_theta [B, C, h, w]"
-            )
+        if not callable(getattr(module, "feature_maps", None)):
+            raise TypeError("PartClustering: the module has no feature_maps(images) method giving F_g [B, C, h, w]")
         num_rows = module.part_labels.shape[0]
         if num_rows == 0:
             raise ValueError("PartClustering: the module's part_labels has no rows; build it with use_ppc=True")
@@ -527,7 +524,7 @@ class PartClustering(Callback):
         module.eval()
         try:
             local = cluster_part_labels(
-                module.backbone_maps,
+                module.feature_maps,
                 dataset,
                 pids,
                 num_parts,

@@ -7,13 +7,14 @@ batch's ``source`` map (see :mod:`icg.data.transforms`) tells, for each cell of 
 map, which cell of the un-augmented image it shows, so that labels computed without augmentation are read at
 the right place after flips, crops and erasing. Rows without clustering results yet fall back to horizontal
 bands of the current foreground: with K bands over the image height, the coarse prior PCB-style models use.
-The foreground target of ``L_sep`` is computed online from the batch's ``F_theta`` (see :mod:`icg.model.afm`);
-cells that show padding or an erased box are ignored by both pixel losses.
+The foreground target of ``L_sep`` is computed online from the batch's ``F_g`` by the rule the clustering uses
+(see :mod:`icg.model.afm`); cells that show padding or an erased box are ignored by both pixel losses.
 
 Internal signals are logged so that a run shows whether its parts form: ``train/visible_parts`` (parts that
 are the arg-max of some cell, mean per image), ``train/part_entropy`` (mean entropy of the part probabilities,
 nats), ``train/part_accuracy`` (the classifier against its own labels), ``train/foreground_share`` (of the
-target) and ``train/adjacency_deviation`` (mean ``|M - 0.5|`` of the FSG adjacency, 0 while it has not moved).
+target), ``train/foreground_agreement`` (the online foreground target against the pseudo-labels' foreground)
+and ``train/adjacency_deviation`` (mean ``|M - 0.5|`` of the FSG adjacency, 0 while it has not moved).
 A warning says so when a whole epoch after the first clustering had no visible part.
 
 Optimisation: AdamW with BoT's warm-up multi-step schedule, stepped per epoch. The weight decay is decoupled
@@ -116,10 +117,10 @@ class ICGModule(LightningModule):
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
         foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
             (eq. 8-9); otherwise the AFM's own head (eq. 16). See :mod:`icg.model.network`.
-        part_logit_scale: logit scale of the part classifier (see :mod:`icg.model.ppc`).
+        pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
-        fg_threshold: a cell is foreground when the norm of its ``F_theta`` is at least this share of the image's
+        fg_threshold: a cell is foreground when the norm of its ``F_g`` is at least this share of the image's
             largest (eq. 3; the same rule in the clustering).
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
@@ -148,7 +149,7 @@ class ICGModule(LightningModule):
         use_ppc: bool = True,
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
-        part_logit_scale: float = 16.0,
+        pixel_logit_scale: float = 16.0,
         gcn_layers: int = 2,
         output_stride: int = 16,
         fg_threshold: float = 0.5,
@@ -185,7 +186,7 @@ class ICGModule(LightningModule):
             use_ppc=use_ppc,
             use_fsg=use_fsg,
             foreground_from_parts=foreground_from_parts,
-            part_logit_scale=part_logit_scale,
+            pixel_logit_scale=pixel_logit_scale,
             gcn_layers=gcn_layers,
             output_stride=output_stride,
         )
@@ -222,10 +223,10 @@ class ICGModule(LightningModule):
         computed in eval mode; compare them with :func:`icg.retrieval.icg_distance`."""
         return self.net.extract(images.contiguous(memory_format=self.memory_format))
 
-    def backbone_maps(self, images: Tensor) -> Tensor:
-        """``F_theta`` [B, C, h, w], the map the part clustering reads (foreground by its norms, parts by its
-        directions); runs in the module's current mode."""
-        return self.net.backbone_map(images.contiguous(memory_format=self.memory_format))
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """``F_g`` [B, C, h, w], the map the part clustering reads (foreground by its norms, parts by its
+        directions), as the training step's foreground target does; runs in the module's current mode."""
+        return self.net.feature_map(images.contiguous(memory_format=self.memory_format))
 
     # ---------------------------------------------------------------------------------------------- training
     def part_targets(self, index: Tensor, source: Tensor, foreground: Tensor) -> Tensor:
@@ -257,14 +258,13 @@ class ICGModule(LightningModule):
     def pixel_targets(self, output: ICGOutput, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Targets of ``L_sep`` and ``L_par`` for a training batch (``None`` for a module that is off).
 
-        The foreground target is the feature-norm rule (eq. 3) applied to the batch's ``F_theta``, the map
-        before the attention (see :mod:`icg.model.afm` for why not after); the part target is read from the
-        pseudo-labels through the source map (:meth:`part_targets`). Both are ``[B, h, w]`` long with
-        ``IGNORE_INDEX`` where a cell shows padding or an erased box.
+        The foreground target is the feature-norm rule (eq. 3) applied to the batch's ``F_g``; the part target is
+        read from the pseudo-labels through the source map (:meth:`part_targets`). Both are ``[B, h, w]`` long
+        with ``IGNORE_INDEX`` where a cell shows padding or an erased box.
         """
         if not (self.net.use_afm or self.net.use_ppc):
             return None, None
-        foreground = foreground_target(output.backbone_map, self.hparams.fg_threshold)
+        foreground = foreground_target(output.feature_map, self.hparams.fg_threshold)
         fg_target = part_target = None
         if self.net.use_afm:
             valid = cell_sources(batch["source"], foreground.shape[-2:])[0]
@@ -298,6 +298,11 @@ class ICGModule(LightningModule):
             signals["train/visible_parts"] = visible.mean()
             signals["train/part_entropy"] = -(log_prob.exp() * log_prob).sum(dim=1).mean()
             signals["train/part_accuracy"] = correct.sum() / labelled.sum().clamp_min(1)
+            if fg_target is not None:
+                # do the pseudo-labels (clustered at epoch start) and the online foreground target agree?
+                both = labelled & (fg_target != IGNORE_INDEX)
+                agree = ((part_target > 0) == (fg_target == 1)) & both
+                signals["train/foreground_agreement"] = agree.sum() / both.sum().clamp_min(1)
         if self.net.graph is not None:
             signals["train/adjacency_deviation"] = (self.net.graph.adjacency - 0.5).abs().mean()
         return signals

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks, make_grid
@@ -48,6 +48,19 @@ def _overlay(image: Tensor, labels: Tensor, num_parts: int, alpha: float = 0.55)
     return draw_segmentation_masks(image.cpu(), masks.cpu(), alpha=alpha, colors=PART_COLORS[1 : num_parts + 1])
 
 
+def _heat(values: Tensor, size: Sequence[int]) -> Tensor:
+    """A map of values in [0, 1] ``[B, h, w]`` as grey images ``[B, 3, H, W]`` (black 0, white 1)."""
+    heat = TF.resize(values[:, None].float().cpu(), list(size), TF.InterpolationMode.NEAREST)
+    return (heat.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+def _strip(width: int, height: int, draw: Callable[[ImageDraw.ImageDraw], int | None]) -> Tensor:
+    """A white ``[3, height, width]`` strip with something drawn on it, cut to the height ``draw`` returns."""
+    image = Image.new("RGB", (width, height), "white")
+    used = draw(ImageDraw.Draw(image))
+    return TF.pil_to_tensor(image)[:, : used or height]
+
+
 def part_maps(
     images: Tensor,
     *,
@@ -55,28 +68,67 @@ def part_maps(
     pseudo_labels: Tensor | None = None,
     part_logits: Tensor | None = None,
     foreground: Tensor | None = None,
+    attention: Tensor | None = None,
+    min_width: int = 128,
 ) -> Tensor:
-    """One row per image: image | pseudo-labels | predicted parts (arg-max) | foreground probability.
+    """One row per image, with column titles and a colour key: image | pseudo-labels | predicted parts (arg-max)
+    | foreground probability | spatial attention. Columns whose input is ``None`` are left out.
 
     Args:
         images: ``[B, 3, H, W]``, normalised float or uint8.
         num_parts: K.
         pseudo_labels: ``[B, h, w]`` clustering labels (0 background, 1..K top to bottom).
         part_logits: ``[B, K + 1, h, w]`` the part classifier's output.
-        foreground: ``[B, h, w]`` foreground probability in [0, 1].
+        foreground: ``[B, h, w]`` foreground probability ``P_f`` in [0, 1].
+        attention: ``[B, h, w]`` the AFM's spatial attention ``S_A``, scaled to [0, 1].
+        min_width: tiles narrower than this are enlarged by a whole factor (nearest), so that small inputs
+            (128x64) stay readable and the titles fit.
     """
     images = to_uint8(images).cpu()
-    columns = [images]
+    factor = max(1, -(-min_width // images.shape[-1]))
+    if factor > 1:
+        images = TF.resize(images, [images.shape[-2] * factor, images.shape[-1] * factor],
+                           TF.InterpolationMode.NEAREST)
+    size = images.shape[-2:]
+    columns = [("image", images)]
     if pseudo_labels is not None:
-        columns.append(torch.stack([_overlay(i, l, num_parts) for i, l in zip(images, pseudo_labels)]))
+        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, pseudo_labels)]
+        columns.append(("pseudo-labels", torch.stack(overlays)))
     if part_logits is not None:
-        predicted = part_logits.argmax(1)
-        columns.append(torch.stack([_overlay(i, l, num_parts) for i, l in zip(images, predicted)]))
+        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, part_logits.argmax(1))]
+        columns.append(("predicted parts", torch.stack(overlays)))
     if foreground is not None:
-        heat = TF.resize(foreground[:, None].float().cpu(), list(images.shape[-2:]), antialias=False)
-        columns.append((heat.clamp(0, 1) * 255).to(torch.uint8).expand(-1, 3, -1, -1))
-    tiles = torch.stack(columns, dim=1).flatten(0, 1)
-    return make_grid(tiles, nrow=len(columns), padding=2, pad_value=255)
+        columns.append(("foreground P_f", _heat(foreground, size)))
+    if attention is not None:
+        columns.append(("attention S_A", _heat(attention, size)))
+    padding = 2
+    tiles = torch.stack([column for _, column in columns], dim=1).flatten(0, 1)
+    grid = make_grid(tiles, nrow=len(columns), padding=padding, pad_value=255)
+    font = ImageFont.load_default(size=13)
+    pitch = size[-1] + padding
+
+    def titles(draw: ImageDraw.ImageDraw) -> None:
+        for c, (title, _) in enumerate(columns):
+            left = padding + c * pitch + (size[-1] - draw.textlength(title, font=font)) / 2
+            draw.text((left, 4), title, fill="black", font=font)
+
+    def key(draw: ImageDraw.ImageDraw) -> int:
+        x, y = padding + 2, 5
+        for k in range(1, num_parts + 1):
+            label = f"{k}" + (" top" if k == 1 else " bottom" if k == num_parts else "")
+            width = 18 + draw.textlength(label, font=font) + 10
+            if x + width > grid.shape[-1] and x > padding + 2:
+                x, y = padding + 2, y + 20
+            draw.rectangle((x, y, x + 14, y + 14), fill=PART_COLORS[k], outline="black")
+            draw.text((x + 18, y), label, fill="black", font=font)
+            x += width
+        draw.text((padding + 2, y + 20), "part colours; none = background", fill="black", font=font)
+        return y + 40
+
+    strips = [_strip(grid.shape[-1], 22, titles), grid]
+    if pseudo_labels is not None or part_logits is not None:
+        strips.append(_strip(grid.shape[-1], 400, key))
+    return torch.cat(strips, dim=1)
 
 
 def _bordered(image: Tensor, color: tuple[int, int, int], width: int = 3) -> Tensor:
@@ -213,12 +265,16 @@ class VisualizationCallback(Callback):
         images = self._load(trainer.datamodule, [records[i] for i in indices], pl_module.device)
         output = pl_module(images)
         fg = output.fg_logits.softmax(1)[:, 1] if output.fg_logits is not None else None
+        attention = pl_module.net.attention
+        if attention is not None:  # mean 1 per image: shown relative to the image's largest weight
+            attention = attention(output.backbone_map)[:, 0]
+            attention = attention / attention.flatten(1).amax(dim=1)[:, None, None]
         labels = None
         if output.part_logits is not None and len(pl_module.part_labels):
             labels = pl_module.part_labels[torch.tensor(indices, device=pl_module.device)]
         num_parts = pl_module.net.num_parts
         return part_maps(images, num_parts=num_parts, pseudo_labels=labels, part_logits=output.part_logits,
-                         foreground=fg)
+                         foreground=fg, attention=attention)
 
     @torch.no_grad()
     def _ranking(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:

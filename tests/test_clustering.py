@@ -78,7 +78,7 @@ def band_maps(
 
 
 class FakeModule(LightningModule):
-    """The surface :class:`PartClustering` needs: label buffers, ``hparams`` and ``backbone_maps``."""
+    """The surface :class:`PartClustering` needs: label buffers, ``hparams`` and ``feature_maps``."""
 
     def __init__(self, num_rows: int, label_size: tuple[int, int], num_parts: int = 3) -> None:
         super().__init__()
@@ -88,7 +88,7 @@ class FakeModule(LightningModule):
         self.register_buffer("labelled", torch.zeros(num_rows, dtype=torch.bool))
         self.modes: list[bool] = []
 
-    def backbone_maps(self, images: Tensor) -> Tensor:
+    def feature_maps(self, images: Tensor) -> Tensor:
         self.modes.append(self.training)
         return images
 

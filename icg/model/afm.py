@@ -1,34 +1,55 @@
 """Attention-based foreground mask (AFM), paper section 2.1, eq. 1-4 and 16-17.
 
 The backbone map ``F_theta`` is reweighted by a learned spatial attention map, ``F_g = F_theta * S_A`` (eq. 2).
-Every cell gets a foreground target from its activation (eq. 3): ``||F(x, y)||_2`` divided by the image's
-largest activation, thresholded (0.5 in the paper). A foreground probability ``P_f`` is trained against it
-(``L_sep``) and gives the foreground map ``F_f = F_g * P_f`` (eq. 4); ``P_f`` comes from the parts (eq. 8, see
-:mod:`icg.model.network`) or from :class:`ForegroundHead`, a 1x1 convolution on ``F_g`` (eq. 16).
+Every cell gets a foreground target from its activation after the attention (eq. 3): ``||F_g(x, y)||_2``
+divided by the image's largest, thresholded (0.5 in the paper). A foreground probability ``P_f`` is trained
+against it (``L_sep``) and gives the foreground map ``F_f = F_g * P_f`` (eq. 4); ``P_f`` comes from the parts
+(eq. 8, see :mod:`icg.model.network`) or from :class:`ForegroundHead` (eq. 16).
 
-Which map the target reads. The paper thresholds "the normalized feature map after attention", ``F_g``. We
-threshold ``F_theta``, before the attention, detached. Read after the attention, the target is self-fulfilling:
-``L_sep``'s gradient reaches ``S_A`` through ``P_f``, and where the target is 0 it lowers the attention, which
-lowers ``||F_g||`` there and keeps the target at 0. With a zero-padded 7x7 kernel on an 8x4 map the attention can
-then learn pure position. Measured (``../shared/diagnostics/afm_sim.py``, ``L_sep`` alone on a frozen trunk):
-the share of the target lying on the person fell from 0.78 to 0.00 within 50 steps and ``S_A`` ended as a
-pattern of columns; the ablation's foreground precision was 12% against a chance level of 28%. From ``F_theta``
-the target is what the backbone responds to, which the attention cannot move.
+What may shape the target. A target read from the network's own activations can fulfil itself: if ``L_sep``
+can lower the norm of the cells it calls background, they stay background whatever they show. With the head of
+eq. 16 on the raw ``F_g``, ``L_sep``'s gradient reached ``S_A`` and did exactly that: with a zero-padded 7x7
+kernel on an 8x4 map the attention learned pure position (``../shared/diagnostics/afm_sim.py``, ``L_sep`` alone
+on a frozen trunk: the share of the target lying on the person fell from 0.78 to 0.00 within 50 steps, ``S_A``
+ended as a pattern of columns; the ablation's foreground precision was 12% against a chance level of 28%). Here
+both pixel classifiers read the L2-normalised ``F_g``: the gradient of a function of ``x / ||x||`` is
+orthogonal to ``x``, so ``L_sep`` and ``L_par`` give ``S_A`` exactly zero gradient and cannot change a cell's
+norm (to first order). The target is then shaped by the identity losses alone, through the attention and the
+backbone, which is the paper's premise: the attention learns to weight the cells that identify the person.
+
+Why not the map before the attention, ``F_theta``: measured on synthetic pedestrians, a BoT ResNet-18's cell
+norms are *lower* on the person than on the background (their AUC as a person detector: 0.13 after 8 epochs,
+higher at the image borders, an effect of zero padding), so without an attention there is nothing to threshold.
+``benchmarks/foreground_rule.py`` measures the rule for a given backbone.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from icg.model.ppc import PixelPartClassifier
 
 __all__ = ["ForegroundHead", "SpatialAttention", "foreground_target"]
 
 
 class SpatialAttention(nn.Module):
-    """CBAM-style spatial attention (Woo et al. 2018): one weight in (0, 1) per cell.
+    """CBAM-style spatial attention (Woo et al. 2018) that redistributes weight between cells: mean 1 per image.
 
-    The channel-wise mean and max of the map are stacked to ``[B, 2, h, w]`` and a 7x7 convolution followed by a
-    sigmoid turns them into ``S_A``. The convolution has no bias, as in CBAM.
+    The channel-wise mean and max of the map are stacked to ``[B, 2, h, w]``, a 7x7 convolution (no bias, as in
+    CBAM) and a sigmoid turn them into weights, and the weights are divided by their mean over the image.
+
+    Why the mean is fixed: with a free overall scale the attention collapses. BNNeck makes the identity
+    cross-entropy blind to the feature scale, while the triplet and center losses on the features before BN
+    shrink with it, so the easiest descent is ``S_A -> 0`` everywhere. Measured on synthetic pedestrians (ICG
+    from scratch, 4 epochs): the convolution's weights turned negative, ``S_A`` was below 0.05 in every cell but
+    the top-left ones (0.2-0.3), and the foreground rule of eq. 3, read from ``||F_g||``, marked those corners:
+    the picture of parts on background corners. With the mean fixed, the attention can only make some cells
+    count more than others, which is what it is for; eq. 3 divides by the image's largest activation, so it is
+    unchanged by the normalisation.
 
     Args:
         kernel_size: odd size of the convolution; padding keeps ``h x w``.
@@ -47,25 +68,30 @@ class SpatialAttention(nn.Module):
         pooled = torch.cat(
             [feature_map.mean(dim=1, keepdim=True), feature_map.amax(dim=1, keepdim=True)], dim=1
         )
-        return torch.sigmoid(self.conv(pooled))
+        # sigmoid(z) / mean(sigmoid(z)), in log space: a saturated sigmoid (0 in every cell) still gives weights
+        log_weights = F.logsigmoid(self.conv(pooled)).flatten(2)
+        cells = log_weights.shape[-1]
+        log_mean = torch.logsumexp(log_weights, dim=-1, keepdim=True) - math.log(cells)
+        return (log_weights - log_mean).exp().view_as(pooled[:, :1])
 
 
-class ForegroundHead(nn.Module):
-    """1x1 convolution classifying each cell of ``F_g`` as background (channel 0) or foreground (channel 1).
+class ForegroundHead(PixelPartClassifier):
+    """Classifies each cell of ``F_g`` as background (channel 0) or foreground (channel 1), eq. 16.
+
+    The part classifier with a single part: a 1x1 convolution of the L2-normalised cells, times a logit scale.
+    Normalised, so that ``L_sep`` cannot change a cell's norm, which its own target is read from (module
+    docstring); scaled, so that its logits can become confident (see :mod:`icg.model.ppc`).
 
     Args:
         in_channels: ``C`` of the feature map.
+        logit_scale: ``s`` (> 0).
 
     Shapes:
         ``forward``: ``[B, C, h, w] -> [B, 2, h, w]`` logits; ``P_f = logits.softmax(1)[:, 1]``.
     """
 
-    def __init__(self, in_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, 2, kernel_size=1)
-
-    def forward(self, feature_map: Tensor) -> Tensor:
-        return self.conv(feature_map)
+    def __init__(self, in_channels: int, *, logit_scale: float = 16.0) -> None:
+        super().__init__(in_channels, 1, logit_scale=logit_scale)
 
 
 def foreground_target(feature_map: Tensor, threshold: float = 0.5) -> Tensor:
@@ -76,7 +102,7 @@ def foreground_target(feature_map: Tensor, threshold: float = 0.5) -> Tensor:
     the features towards itself. An all-zero image is all background (for ``threshold > 0``).
 
     Args:
-        feature_map: ``[B, C, h, w]``; ICG passes ``F_theta``, the map before the attention (module docstring).
+        feature_map: ``F_g``, ``[B, C, h, w]`` (the map after the attention; see the module docstring).
         threshold: in ``[0, 1]``.
 
     Returns:

@@ -26,9 +26,10 @@ network follows eq. 8-9: ``P_f = 1 - P_0`` and ``L_sep`` trains the part classif
 foreground branch's identity losses then reach the part classifier, so the parts learn to cover what
 identifies the person. Without the PPC, the AFM's own head gives ``P_f``.
 
-The part classifier sees the direction of ``F_g`` only (each cell L2-normalised, eq. 5-6): the same quantity the
-K-means pseudo-labels are computed from. A per-cell factor (``S_A``, ``P_f``) does not change a direction, so
-classifying ``F_f = F_g * P_f`` (eq. 18) or ``F_g`` is the same.
+The part classifier (and the foreground head) see the direction of ``F_g`` only (each cell L2-normalised, eq.
+5-6): the same quantity the K-means pseudo-labels are computed from. A per-cell factor (``S_A``, ``P_f``) does
+not change a direction, so classifying ``F_f = F_g * P_f`` (eq. 18) or ``F_g`` is the same; and the pixel
+losses cannot change the cell norms that the foreground target is read from (see :mod:`icg.model.afm`).
 
 Switches: the foreground branch exists with ``use_afm``, the parts branch with ``use_ppc``, the graph branch with
 ``use_fsg`` (which needs ``use_ppc``). With all three off the network is BoT: backbone, GAP, one BNNeck.
@@ -71,9 +72,10 @@ class ICGOutput:
     """Everything one forward pass of :class:`ICGNet` produces.
 
     Attributes:
-        feature_map: ``F_g`` ``[B, C, h, w]`` (after the spatial attention when the AFM is on).
-        backbone_map: ``F_theta`` ``[B, C, h, w]``, the backbone's map before the attention; the foreground
-            target of :func:`~icg.model.afm.foreground_target` is computed from it (see that function).
+        feature_map: ``F_g`` ``[B, C, h, w]`` (after the spatial attention when the AFM is on); the foreground
+            target of :func:`~icg.model.afm.foreground_target` is computed from it.
+        backbone_map: ``F_theta`` ``[B, C, h, w]``, the backbone's map before the attention (the attention map
+            ``S_A`` is ``attention(backbone_map)``).
         branches: the active branches in the order global, foreground, parts, graph.
         fg_logits: foreground logits ``[B, 2, h, w]`` (channel 1 = foreground; from the parts or the AFM head),
             ``None`` without AFM.
@@ -121,8 +123,8 @@ class ICGNet(nn.Module):
         use_fsg: flexible structure graph and the graph branch (needs ``use_ppc``).
         foreground_from_parts: with the PPC on, ``P_f = 1 - P_0`` (eq. 8-9) instead of the AFM's own head
             (eq. 16); see the module docstring. Without the PPC the head is used either way.
-        part_logit_scale: ``s``, the part classifier's logit scale (see
-            :class:`~icg.model.ppc.PixelPartClassifier`).
+        pixel_logit_scale: ``s``, the logit scale of the part classifier and the foreground head (see
+            :mod:`icg.model.ppc`).
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
         pool_eps: added to the weight sums of the weighted mean pooling.
@@ -142,7 +144,7 @@ class ICGNet(nn.Module):
         use_ppc: bool = True,
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
-        part_logit_scale: float = 16.0,
+        pixel_logit_scale: float = 16.0,
         gcn_layers: int = 2,
         output_stride: int = 16,
         pool_eps: float = 1e-6,
@@ -168,9 +170,11 @@ class ICGNet(nn.Module):
         channels = self.backbone.out_channels
         self.out_channels = channels
         self.attention = SpatialAttention() if use_afm else None
-        self.foreground_head = ForegroundHead(channels) if use_afm and not self.foreground_from_parts else None
+        self.foreground_head = (
+            ForegroundHead(channels, logit_scale=pixel_logit_scale) if use_afm and not self.foreground_from_parts else None
+        )
         self.part_classifier = (
-            PixelPartClassifier(channels, num_parts, logit_scale=part_logit_scale) if use_ppc else None
+            PixelPartClassifier(channels, num_parts, logit_scale=pixel_logit_scale) if use_ppc else None
         )
         self.graph = FlexibleStructureGraph(num_parts, channels, num_layers=gcn_layers) if use_fsg else None
         self.heads = nn.ModuleDict({name: BNNeck(dim, num_classes) for name, dim in self.branch_dims.items()})
@@ -215,11 +219,6 @@ class ICGNet(nn.Module):
             if self.graph is not None:
                 output.branches["graph"] = self._head("graph", self.graph(parts, output.visibility))
         return output
-
-    def backbone_map(self, images: Tensor) -> Tensor:
-        """``F_theta`` ``[B, C, h, w]``, the backbone's map before the attention: what the part clustering and the
-        foreground target read (the attention only rescales cells, so their directions are those of ``F_g``)."""
-        return self.backbone(images)
 
     def feature_map(self, images: Tensor) -> Tensor:
         """``F_g`` ``[B, C, h, w]``: the backbone map, after the spatial attention when the AFM is on."""

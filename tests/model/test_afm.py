@@ -8,7 +8,8 @@ from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target
 
 
 def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Channel mean and max, zero-padded 2 -> 1 cross-correlation, sigmoid; written with explicit loops."""
+    """Channel mean and max, zero-padded 2 -> 1 cross-correlation, sigmoid, divided by the image's mean; written
+    with explicit loops."""
     batch, _, height, width = x.shape
     pooled = np.stack([x.mean(axis=1), x.max(axis=1)], axis=1)
     size = kernel.shape[-1]
@@ -19,7 +20,8 @@ def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         for i in range(height):
             for j in range(width):
                 out[b, 0, i, j] = np.sum(padded[b, :, i : i + size, j : j + size] * kernel[0])
-    return 1.0 / (1.0 + np.exp(-out))
+    weights = 1.0 / (1.0 + np.exp(-out))
+    return weights / weights.mean(axis=(2, 3), keepdims=True)
 
 
 def test_spatial_attention_matches_reference() -> None:
@@ -33,18 +35,29 @@ def test_spatial_attention_matches_reference() -> None:
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_spatial_attention_cannot_shrink_the_map() -> None:
+    # Whatever the weights, the attention's mean over each image is 1: it can only move weight between cells.
+    attention = SpatialAttention()
+    with torch.no_grad():
+        attention.conv.weight.fill_(-5.0)  # a sigmoid alone would give ~0 everywhere
+    weights = attention(torch.rand(3, 8, 8, 4) + 1.0)
+    torch.testing.assert_close(weights.mean(dim=(2, 3)), torch.ones(3, 1))
+
+
 def test_spatial_attention_rejects_even_kernel() -> None:
     with pytest.raises(ValueError, match="kernel_size"):
         SpatialAttention(kernel_size=6)
 
 
-def test_foreground_head_is_a_per_cell_linear_map() -> None:
+def test_foreground_head_is_a_scaled_linear_map_of_normalised_cells() -> None:
     torch.manual_seed(0)
-    head = ForegroundHead(7).double()
+    head = ForegroundHead(7, logit_scale=4.0).double()
     x = torch.randn(2, 7, 3, 2, dtype=torch.float64)
     weight = head.conv.weight.detach().numpy()[:, :, 0, 0]
     bias = head.conv.bias.detach().numpy()
-    expected = np.einsum("oc,bchw->bohw", weight, x.numpy()) + bias[None, :, None, None]
+    unit = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    expected = 4.0 * (np.einsum("oc,bchw->bohw", weight, unit) + bias[None, :, None, None])
+    assert head(x).shape == (2, 2, 3, 2)
     np.testing.assert_allclose(head(x).detach().numpy(), expected, rtol=1e-10)
 
 

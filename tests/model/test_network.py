@@ -120,7 +120,8 @@ def test_branch_wiring_against_numpy(foreground_from_parts: bool) -> None:
     else:  # eq. 16: the AFM's own head
         head_weight = net.foreground_head.conv.weight.detach().double().numpy()[:, :, 0, 0]
         head_bias = net.foreground_head.conv.bias.detach().double().numpy()
-        fg = softmax(np.einsum("kc,bchw->bkhw", head_weight, f) + head_bias[None, :, None, None])[:, 1]
+        head_logits = np.einsum("kc,bchw->bkhw", head_weight, unit) + head_bias[None, :, None, None]
+        fg = softmax(net.foreground_head.logit_scale * head_logits)[:, 1]
     np.testing.assert_allclose(out.fg_logits.softmax(dim=1)[:, 1].numpy(), fg, rtol=1e-4, atol=1e-5)
     expected = {
         "global": f.mean(axis=(2, 3)),
