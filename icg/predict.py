@@ -3,9 +3,7 @@ against a gallery folder and save the picture (``icg rank``)."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,24 +12,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from icg.data.transforms import eval_transform, image_files, load_images
+from icg.files import atomic_write
 from icg.module import ICGModule
 from icg.retrieval import ReIDFeatures, icg_distance
 from icg.viz import ranked_lists, save_png, top_k_matches
 
 
 def save_atomically(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through :func:`icg.files.atomic_write` (a temporary file beside ``path``, renamed into place)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def features_to_dict(features: ReIDFeatures) -> dict[str, torch.Tensor]:
