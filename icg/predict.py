@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from icg.data.transforms import eval_transform, image_files, load_images
+from icg.divergence import NonFiniteFeaturesError, check_finite_features
 from icg.files import atomic_write
 from icg.module import ICGModule
 from icg.retrieval import ReIDFeatures, icg_distance
@@ -49,6 +50,7 @@ class FeatureWriter(BasePredictionWriter):
         features = ReIDFeatures.cat([batch["features"] for batch in batches])[index.argsort()]
         records = trainer.datamodule.predict_records
         positions = index.sort().values.tolist()
+        check_finite_features(features, "icg predict", [records[i].path for i in positions])
         path = Path(self.output or Path(trainer.log_dir or trainer.default_root_dir) / "features.pt")
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}.pt")
@@ -84,8 +86,12 @@ def embed_folder(
     transform = eval_transform(module.hparams.image_size)
     batches = []
     for start in range(0, len(files), batch_size):
-        images = load_images(files[start : start + batch_size], transform)
-        batches.append(module.extract(images.to(module.device)))
+        chunk = files[start : start + batch_size]
+        images = load_images(chunk, transform)
+        try:
+            batches.append(module.extract(images.to(module.device)))
+        except NonFiniteFeaturesError as error:  # name the files, not the rows of a batch
+            raise error.naming(f"features of {folder}", [str(path) for path in chunk]) from None
     return files, ReIDFeatures.cat(batches)
 
 

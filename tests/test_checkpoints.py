@@ -1,0 +1,77 @@
+"""Checkpoints survive a kill during a save."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from icg.checkpoints import AtomicCheckpointIO
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def other_filesystem_tmpdir(tmp_path: Path):
+    """A $TMPDIR on another filesystem than ``tmp_path`` where the machine has one (/dev/shm), as on clusters."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        folder = Path(tempfile.mkdtemp(dir=shm, prefix="icg-test-"))
+        yield folder
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder = tmp_path / "tmpdir"
+        folder.mkdir()
+        yield folder
+
+
+def _disk_state(*folders: Path) -> list:
+    """What a save changes on disk: the names in ``folders`` and the identity of each file."""
+    state = []
+    for folder in folders:
+        for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+            info = entry.stat()
+            state.append((entry.path, info.st_ino, info.st_size, info.st_mtime_ns))
+    return state
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, other_filesystem_tmpdir: Path) -> None:
+    """SIGKILL at the first sign of the third save on disk (a temporary file appearing anywhere, or last.ckpt
+    changing): the second checkpoint stays whole, $TMPDIR stays empty, the next save leaves no partial file."""
+    checkpoints = tmp_path / "checkpoints"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(other_filesystem_tmpdir)}
+    command = [sys.executable, str(REPO / "tests" / "scripts" / "save_checkpoints.py"), str(tmp_path / "data"),
+               str(checkpoints)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        durations = []
+        for line in process.stdout:
+            if line.startswith("saved"):
+                durations.append(float(line.split()[1]))
+            elif line.startswith("saving") and len(durations) == 2:
+                before = _disk_state(checkpoints, other_filesystem_tmpdir)
+                deadline = time.monotonic() + 0.9 * min(durations)
+                while _disk_state(checkpoints, other_filesystem_tmpdir) == before and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                process.kill()
+                break
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -9 and len(durations) == 2
+    assert list(other_filesystem_tmpdir.iterdir()) == []  # nothing orphaned in $TMPDIR
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["padding"].shape == (25_000_000,) and "state_dict" in checkpoint
+    # the next save (a resumed run's) removes a partial file the kill may have left beside last.ckpt
+    assert all(".partial-" in p.name for p in checkpoints.iterdir() if p.name != "last.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, checkpoints / "last.ckpt")
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
