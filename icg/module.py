@@ -24,10 +24,11 @@ from typing import Any, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from icg.checkpoints import AtomicCheckpointing
+from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
 from icg.data.transforms import INVALID_SOURCE
 from icg.divergence import DivergenceGuard, check_finite_features
@@ -233,6 +234,12 @@ class ICGModule(LightningModule):
         # divergence guard and atomic checkpoints, unless the Trainer already has one (the user's then wins).
         wanted = [AtomicCheckpointing, DivergenceGuard] + ([PartClustering] if self.net.use_ppc else [])
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in self.trainer.callbacks)]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # evaluation and prediction need the network only: a checkpoint trained on other identities (another
+        # dataset) is accepted, its identity classifiers, centres and part labels are not loaded
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            skip_identity_tensors(self, checkpoint)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # BoT's centre update: SGD at center_lr on the unweighted center-loss gradient. A non-finite gradient

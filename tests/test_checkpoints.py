@@ -1,4 +1,4 @@
-"""Checkpoints survive a kill during a save."""
+"""Checkpoints survive a kill during a save, and evaluation skips identity tensors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from icg.checkpoints import AtomicCheckpointIO
+from icg.checkpoints import AtomicCheckpointIO, identity_tensor_names, skip_identity_tensors
+from icg.module import ICGModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,3 +76,34 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, othe
     assert all(".partial-" in p.name for p in checkpoints.iterdir() if p.name != "last.ckpt")
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, checkpoints / "last.ckpt")
     assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
+
+
+def _module(num_classes: int, num_train_samples: int, num_parts: int = 3) -> ICGModule:
+    return ICGModule(num_classes=num_classes, num_train_samples=num_train_samples, image_size=(64, 32),
+                     backbone="resnet18", pretrained=False, num_parts=num_parts)
+
+
+def test_evaluation_skips_only_the_tensors_tied_to_the_training_identities() -> None:
+    trained = _module(num_classes=8, num_train_samples=40)
+    evaluated = _module(num_classes=5, num_train_samples=30)
+    checkpoint = {"state_dict": {k: v.clone() for k, v in trained.state_dict().items()}}
+    skipped = skip_identity_tensors(evaluated, checkpoint)
+    evaluated.load_state_dict(checkpoint["state_dict"])  # strict: every tensor present and of the right shape
+    # reference: the tensors whose shape follows the number of identities or images
+    differing = {k for k, v in trained.state_dict().items() if v.shape != evaluated.state_dict()[k].shape}
+    assert {entry.split()[0] for entry in skipped} == differing <= identity_tensor_names(evaluated)
+    for name, value in trained.state_dict().items():
+        if name not in differing:
+            assert torch.equal(evaluated.state_dict()[name], value), name
+    # retrieval uses none of the skipped tensors: the features are the trained model's
+    images = torch.randn(2, 3, 64, 32)
+    for a, b in zip(trained.eval().extract(images).items(), evaluated.eval().extract(images).items()):
+        assert torch.allclose(a[1].float(), b[1].float()), a[0]
+
+
+def test_a_checkpoint_of_another_architecture_still_fails_to_load() -> None:
+    checkpoint = {"state_dict": _module(8, 40, num_parts=3).state_dict()}
+    evaluated = _module(8, 40, num_parts=4)
+    skip_identity_tensors(evaluated, checkpoint)
+    with pytest.raises(RuntimeError, match="part_classifier"):
+        evaluated.load_state_dict(checkpoint["state_dict"])
