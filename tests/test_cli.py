@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from icg.cli import CONFIG_DIR, ICGCLI, main, resolve_config_names
@@ -84,7 +86,7 @@ def fitted(tmp_path_factory) -> Path:
 def test_fit_writes_checkpoints_config_and_pictures(fitted: Path) -> None:
     run = next((fitted / "runs" / "lightning_logs").iterdir())
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert bool(checkpoint["state_dict"]["labelled"].all())  # the clustering ran and its labels are saved
     parts = Image.open(run / "pictures" / "epoch000_parts.png")
     # 6 images x 4 columns (image, pseudo-labels, predicted parts, foreground), 2 px padding
@@ -144,3 +146,43 @@ def test_two_process_ddp_fit_on_cpu(fitted: Path, tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt"))
+
+
+# ------------------------------------------------------------------------------------------ runs that never lose work
+def _last(folder: Path) -> Path:
+    return folder / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def three_epochs(fitted: Path, tmp_path_factory) -> Path:
+    """`icg fit` for 3 epochs validating every 2nd (as the recipes validate every 10th); returns the run folder,
+    where ``after-3-epochs.ckpt`` keeps its last.ckpt (test_fit_ckpt_path_last_resumes... continues the run)."""
+    runs = tmp_path_factory.mktemp("three_epochs")
+    main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir", str(runs),
+          "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"])
+    shutil.copy(_last(runs), runs / "after-3-epochs.ckpt")
+    return runs
+
+
+@pytest.mark.slow
+def test_last_ckpt_holds_the_final_epoch(three_epochs: Path) -> None:
+    last = _load(three_epochs / "after-3-epochs.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 2)  # the end of the run, not of its last validation
+    best = next(v for k, v in last["callbacks"].items() if "val/mAP" in k)
+    assert Path(best["best_model_path"]).name == "best-epoch=001.ckpt"  # the validation of epoch 1
+
+
+def test_every_recipe_keeps_the_last_state_like_the_tested_one() -> None:
+    def checkpointing(name: str) -> list:
+        callbacks = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["trainer"]["callbacks"]
+        return [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+
+    reference = checkpointing("synthetic")  # what test_last_ckpt_holds_the_final_epoch runs
+    assert {"filename": "last", "enable_version_counter": False, "save_on_train_epoch_end": True} in [
+        c["init_args"] for c in reference]
+    for name in SHIPPED:
+        assert checkpointing(name) == reference, name
