@@ -1,12 +1,16 @@
-"""Checkpoints: written atomically, loaded for evaluation on another dataset.
+"""Checkpoints: written atomically, found again to resume a run, loaded for evaluation on another dataset.
 
 * :class:`AtomicCheckpointIO` is Lightning's ``TorchCheckpointIO`` writing through :func:`icg.files.atomic_write`
   (Lightning's own save goes through ``$TMPDIR`` and, across filesystems, copies over the previous checkpoint);
   :class:`AtomicCheckpointing` installs it in any Trainer that trains an :class:`~icg.ICGModule`.
+* :func:`find_last_checkpoint` finds the ``last.ckpt`` that ``icg fit --ckpt_path last`` resumes.
+* :func:`skip_identity_tensors` lets validation, test and prediction load a checkpoint trained on other identities.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +24,17 @@ from torch import nn
 from icg.files import atomic_write
 from icg.model.heads import BNNeck
 
-__all__ = ["AtomicCheckpointIO", "AtomicCheckpointing", "identity_tensor_names", "skip_identity_tensors"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "AtomicCheckpointing",
+    "find_last_checkpoint",
+    "identity_tensor_names",
+    "run_version",
+    "skip_identity_tensors",
+]
+
+LAST = "last.ckpt"
+_VERSION = re.compile(r"^version_(\d+)$")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,6 +63,38 @@ class AtomicCheckpointing(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def find_last_checkpoint(run_folder: str | Path) -> Path:
+    """The most recently written ``last.ckpt`` below ``run_folder`` (``<run folder>/lightning_logs/version_N/
+    checkpoints/last.ckpt`` for the default logger): the state of the latest run there.
+
+    Raises:
+        FileNotFoundError: there is none; the message lists the checkpoints that exist, to pass one instead.
+    """
+    run_folder = Path(run_folder)
+    candidates = [path for path in run_folder.glob(f"**/checkpoints/{LAST}") if path.is_file()]
+    if candidates:
+        return max(candidates, key=lambda path: path.stat().st_mtime_ns)
+    others = sorted(str(path) for path in run_folder.glob("**/*.ckpt"))
+    hint = (
+        "pass one of its checkpoints instead (--ckpt_path " + others[-1] + "; found: " + ", ".join(others[:5])
+        + (", ..." if len(others) > 5 else "") + ")"
+        if others
+        else "it holds no checkpoint at all"
+    )
+    raise FileNotFoundError(
+        f"--ckpt_path last: there is no checkpoints/{LAST} below the run folder {run_folder} "
+        f"(--trainer.default_root_dir); {hint}. Set --trainer.default_root_dir to the folder of the run to "
+        "resume, or leave out --ckpt_path to start a new run."
+    )
+
+
+def run_version(checkpoint: str | Path) -> int | None:
+    """``N`` when ``checkpoint`` lies in ``.../version_N/checkpoints/`` (the default loggers' layout), else None."""
+    parent = Path(checkpoint).parent
+    match = _VERSION.match(parent.parent.name) if parent.name == "checkpoints" else None
+    return int(match.group(1)) if match else None
 
 
 def identity_tensor_names(module: nn.Module) -> set[str]:

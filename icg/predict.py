@@ -122,7 +122,9 @@ def rank_folders(
         batch_size: images per forward pass.
         device: ``cpu`` or ``cuda``.
     """
-    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False).eval()
+    # weights_only: a checkpoint from elsewhere must not be able to run code when it is read
+    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True, pretrained=False)
+    module.eval()
     q_files, q_features = embed_folder(module, query, batch_size=batch_size)
     g_files, g_features = embed_folder(module, gallery, batch_size=batch_size)
     distances = icg_distance(q_features, g_features).cpu()

@@ -1,4 +1,4 @@
-"""Checkpoints survive a kill during a save, and evaluation skips identity tensors."""
+"""Checkpoints survive a kill during a save, `last` is found again, and evaluation skips identity tensors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icg.checkpoints import AtomicCheckpointIO, identity_tensor_names, skip_identity_tensors
+from icg.checkpoints import AtomicCheckpointIO, find_last_checkpoint, identity_tensor_names, run_version, skip_identity_tensors
 from icg.module import ICGModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +76,27 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, othe
     assert all(".partial-" in p.name for p in checkpoints.iterdir() if p.name != "last.ckpt")
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, checkpoints / "last.ckpt")
     assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
+
+
+def test_last_is_the_newest_last_checkpoint_of_the_run_folder(tmp_path: Path) -> None:
+    older = tmp_path / "lightning_logs" / "version_3" / "checkpoints" / "last.ckpt"
+    newer = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    for path, mtime in ((older, 1_000), (newer, 2_000)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == newer
+    assert run_version(newer) == 1 and run_version(tmp_path / "last.ckpt") is None
+
+
+def test_last_without_a_last_checkpoint_says_what_to_pass(tmp_path: Path) -> None:
+    best = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "best-epoch=009.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path .*best-epoch=009\.ckpt.*leave out --ckpt_path"):
+        find_last_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint at all"):
+        find_last_checkpoint(tmp_path / "elsewhere")
 
 
 def _module(num_classes: int, num_train_samples: int, num_parts: int = 3) -> ICGModule:
