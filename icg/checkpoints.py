@@ -49,8 +49,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         atomic_write(path, lambda stream: torch.save(checkpoint, stream))
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
-        return super().load_checkpoint(path, map_location, weights_only=True if weights_only is None else weights_only)
+    def load_checkpoint(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        return super().load_checkpoint(*args, weights_only=True if weights_only is None else weights_only, **kwargs)
 
 
 class AtomicCheckpointing(Callback):

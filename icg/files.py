@@ -32,7 +32,7 @@ __all__ = ["atomic_write", "remove_orphans", "staging_folder"]
 
 _PARTIAL = re.compile(r"\.partial-(?P<pid>\d+)@(?P<host>.+)-[0-9a-f]{8}$")
 # errors of open(O_TMPFILE) on filesystems (or kernels) without it
-_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
 def _partial_name(name: str) -> str:

@@ -91,7 +91,7 @@ def embed_folder(
         try:
             batches.append(module.extract(images.to(module.device)))
         except NonFiniteFeaturesError as error:  # name the files, not the rows of a batch
-            raise error.naming(f"features of {folder}", [str(path) for path in chunk]) from None
+            raise error.naming(f"embedding {folder}", [str(path) for path in chunk]) from None
     return files, ReIDFeatures.cat(batches)
 
 
