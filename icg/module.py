@@ -36,11 +36,14 @@ from typing import Any, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
+from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
 from icg.data.transforms import INVALID_SOURCE
+from icg.divergence import DivergenceGuard, check_finite_features
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
 from icg.model import ICGNet, ICGOutput, foreground_target, to_reid_features
@@ -220,8 +223,11 @@ class ICGModule(LightningModule):
     @torch.no_grad()
     def extract(self, images: Tensor) -> ReIDFeatures:
         """After-BN retrieval features (global, foreground, parts [B, K, C], graph) and part visibility [B, K],
-        computed in eval mode; compare them with :func:`icg.retrieval.icg_distance`."""
-        return self.net.extract(images.contiguous(memory_format=self.memory_format))
+        computed in eval mode; compare them with :func:`icg.retrieval.icg_distance`. Raises
+        :class:`~icg.divergence.NonFiniteFeaturesError` when the (diverged) weights give NaN or infinite values."""
+        features = self.net.extract(images.contiguous(memory_format=self.memory_format))
+        check_finite_features(features, "ICGModule.extract")
+        return features
 
     def feature_maps(self, images: Tensor) -> Tensor:
         """``F_g`` [B, C, h, w], the map the part clustering reads (foreground by its norms, parts by its
@@ -324,11 +330,16 @@ class ICGModule(LightningModule):
             )
 
     def configure_callbacks(self) -> list[Callback]:
-        # The part labels are part of the method: an ICG model always gets a PartClustering, unless the
-        # Trainer already has one (configured by the user, which then wins).
-        if not self.net.use_ppc or any(isinstance(c, PartClustering) for c in self.trainer.callbacks):
-            return []
-        return [PartClustering()]
+        # The part labels are part of the method: an ICG model always gets a PartClustering, and every run a
+        # divergence guard and atomic checkpoints, unless the Trainer already has one (the user's then wins).
+        wanted = [AtomicCheckpointing, DivergenceGuard] + ([PartClustering] if self.net.use_ppc else [])
+        return [kind() for kind in wanted if not any(isinstance(c, kind) for c in self.trainer.callbacks)]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # evaluation and prediction need the network only: a checkpoint trained on other identities (another
+        # dataset) is accepted, its identity classifiers, centres and part labels are not loaded
+        if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            skip_identity_tensors(self, checkpoint)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # BoT's centre update: SGD at center_lr on the unweighted center-loss gradient. A non-finite gradient

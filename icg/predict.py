@@ -3,9 +3,7 @@ against a gallery folder and save the picture (``icg rank``)."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,24 +12,16 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from icg.data.transforms import eval_transform, image_files, load_images
+from icg.divergence import NonFiniteFeaturesError, check_finite_features
+from icg.files import atomic_write
 from icg.module import ICGModule
 from icg.retrieval import ReIDFeatures, icg_distance
 from icg.viz import ranked_lists, save_png, top_k_matches
 
 
 def save_atomically(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through :func:`icg.files.atomic_write` (a temporary file beside ``path``, renamed into place)."""
+    return atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def features_to_dict(features: ReIDFeatures) -> dict[str, torch.Tensor]:
@@ -60,6 +50,7 @@ class FeatureWriter(BasePredictionWriter):
         features = ReIDFeatures.cat([batch["features"] for batch in batches])[index.argsort()]
         records = trainer.datamodule.predict_records
         positions = index.sort().values.tolist()
+        check_finite_features(features, "icg predict", [records[i].path for i in positions])
         path = Path(self.output or Path(trainer.log_dir or trainer.default_root_dir) / "features.pt")
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}.pt")
@@ -95,8 +86,12 @@ def embed_folder(
     transform = eval_transform(module.hparams.image_size)
     batches = []
     for start in range(0, len(files), batch_size):
-        images = load_images(files[start : start + batch_size], transform)
-        batches.append(module.extract(images.to(module.device)))
+        chunk = files[start : start + batch_size]
+        images = load_images(chunk, transform)
+        try:
+            batches.append(module.extract(images.to(module.device)))
+        except NonFiniteFeaturesError as error:  # name the files, not the rows of a batch
+            raise error.naming(f"embedding {folder}", [str(path) for path in chunk]) from None
     return files, ReIDFeatures.cat(batches)
 
 
@@ -127,7 +122,9 @@ def rank_folders(
         batch_size: images per forward pass.
         device: ``cpu`` or ``cuda``.
     """
-    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, pretrained=False).eval()
+    # weights_only: a checkpoint from elsewhere must not be able to run code when it is read
+    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True, pretrained=False)
+    module.eval()
     q_files, q_features = embed_folder(module, query, batch_size=batch_size)
     g_files, g_features = embed_folder(module, gallery, batch_size=batch_size)
     distances = icg_distance(q_features, g_features).cpu()

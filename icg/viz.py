@@ -7,8 +7,6 @@ Every function returns a uint8 image tensor ``[3, H, W]`` (show it in a notebook
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,6 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images
+from icg.files import atomic_write
 from icg.retrieval import ReIDFeatures, icg_distance
 
 # background (unused) then up to 12 parts: distinct, colour-blind-friendly-ish hues, top part first
@@ -184,18 +183,8 @@ def adjacency_heatmap(adjacency: Tensor, *, cell: int = 44) -> Tensor:
 
 
 def save_png(image: Tensor, path: str | Path) -> Path:
-    """Writes a uint8 ``[3, H, W]`` image as PNG atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            TF.to_pil_image(image).save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes a uint8 ``[3, H, W]`` image as PNG atomically (see :func:`icg.files.atomic_write`)."""
+    return atomic_write(path, lambda stream: TF.to_pil_image(image).save(stream, format="PNG"))
 
 
 def top_k_matches(

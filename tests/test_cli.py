@@ -1,18 +1,28 @@
-"""The `icg` command: shipped configs, fit -> validate/test/predict from the checkpoint, rank, W&B, DDP."""
+"""The `icg` command: shipped configs, fit -> validate/test/predict from the checkpoint, rank, W&B, DDP; runs that
+never lose work: the last state saved, resumed, explicit values kept, safe and cross-dataset loading."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 import os
+import pickle
+import re
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from icg.cli import CONFIG_DIR, ICGCLI, main, resolve_config_names
+from icg.data import generate_synthetic, load_images
 from icg.data.datamodule import ReIDDataModule
+from icg.divergence import NonFiniteFeaturesError
 from icg.module import ICGModule
 from tests.conftest import make_cuhk03np_tree, make_duke_tree, make_market_tree, make_msmt17_tree
 
@@ -36,7 +46,7 @@ TINY = ["--config", "synthetic", "--trainer.max_epochs", "1", "--trainer.limit_t
 def test_shipped_names_resolve_to_files() -> None:
     assert resolve_config_names(["fit", "--config", "market1501"])[-1] == str(CONFIG_DIR / "market1501.yaml")
     assert resolve_config_names(["fit", "--config=synthetic.yaml"]) == ["fit", f"--config={CONFIG_DIR}/synthetic.yaml"]
-    assert resolve_config_names(["fit", "--config", "mine.yaml"]) == ["fit", "--config", "mine.yaml"]
+    assert resolve_config_names(["fit", "--config", str(CONFIG_DIR / "synthetic.yaml")]) == ["fit", "--config", str(CONFIG_DIR / "synthetic.yaml")]
     assert {"market1501", "market1501_bot", "dukemtmc", "dukemtmc_bot", "cuhk03np_detected", "cuhk03np_labeled",
             "msmt17", "msmt17_bot", "synthetic"} <= set(SHIPPED)
 
@@ -84,7 +94,7 @@ def fitted(tmp_path_factory) -> Path:
 def test_fit_writes_checkpoints_config_and_pictures(fitted: Path) -> None:
     run = next((fitted / "runs" / "lightning_logs").iterdir())
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert bool(checkpoint["state_dict"]["labelled"].all())  # the clustering ran and its labels are saved
     parts = Image.open(run / "pictures" / "epoch000_parts.png")
     # 6 images x 4 columns (image, pseudo-labels, predicted parts, foreground), 2 px padding
@@ -113,7 +123,7 @@ def test_predict_writes_features_and_rank_writes_a_picture(fitted: Path, tmp_pat
     main(["predict", *TINY, "--data.init_args.root", str(fitted / "data"), "--ckpt_path", str(ckpt),
           "--data.init_args.predict_dir", str(query), "--trainer.default_root_dir", str(tmp_path),
           "--trainer.callbacks", "[{class_path: icg.predict.FeatureWriter, init_args: {output: " + str(output) + "}}]"])
-    features = torch.load(output, weights_only=False)
+    features = torch.load(output, weights_only=True)
     files = sorted(query.glob("*.jpg"))
     assert features["paths"] == [str(p) for p in files]
     assert features["global_feat"].shape[0] == len(files) and features["parts"].shape[:2] == (len(files), 6)
@@ -144,3 +154,200 @@ def test_two_process_ddp_fit_on_cpu(fitted: Path, tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(tmp_path.glob("lightning_logs/version_0/checkpoints/last.ckpt"))
+
+
+# ------------------------------------------------------------------------------------------ runs that never lose work
+def _last(folder: Path) -> Path:
+    return folder / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def three_epochs(fitted: Path, tmp_path_factory) -> Path:
+    """`icg fit` for 3 epochs validating every 2nd (as the recipes validate every 10th); returns the run folder,
+    where ``after-3-epochs.ckpt`` keeps its last.ckpt (test_fit_ckpt_path_last_resumes... continues the run)."""
+    runs = tmp_path_factory.mktemp("three_epochs")
+    main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir", str(runs),
+          "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"])
+    shutil.copy(_last(runs), runs / "after-3-epochs.ckpt")
+    return runs
+
+
+@pytest.mark.slow
+def test_last_ckpt_holds_the_final_epoch(three_epochs: Path) -> None:
+    last = _load(three_epochs / "after-3-epochs.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 2)  # the end of the run, not of its last validation
+    best = next(v for k, v in last["callbacks"].items() if "val/mAP" in k)
+    assert Path(best["best_model_path"]).name == "best-epoch=001.ckpt"  # the validation of epoch 1
+
+
+def test_every_recipe_keeps_the_last_state_like_the_tested_one() -> None:
+    def checkpointing(name: str) -> list:
+        callbacks = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())["trainer"]["callbacks"]
+        return [c for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+
+    reference = checkpointing("synthetic")  # what test_last_ckpt_holds_the_final_epoch runs
+    assert {"filename": "last", "enable_version_counter": False, "save_on_train_epoch_end": True} in [
+        c["init_args"] for c in reference]
+    for name in SHIPPED:
+        assert checkpointing(name) == reference, name
+
+
+@pytest.mark.slow
+def test_fit_ckpt_path_last_resumes_the_run_in_its_own_folder(three_epochs: Path, fitted: Path) -> None:
+    before = next(v for k, v in _load(three_epochs / "after-3-epochs.ckpt")["callbacks"].items() if "val/mAP" in k)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir",
+              str(three_epochs), "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "2",
+              "--ckpt_path", "last", "--model.init_args.center_lr", "0.25"])
+    assert [p.name for p in (three_epochs / "lightning_logs").iterdir()] == ["version_0"]  # no new version folder
+    last = _load(_last(three_epochs))
+    assert (last["epoch"], last["global_step"]) == (3, 4 * 2)  # continued from step 6, not from scratch
+    assert last["hyper_parameters"]["center_lr"] == 0.25  # an explicit value wins over the checkpoint's
+    # the best checkpoint so far is still what the new validation is compared with
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
+    after = next(v for k, v in last["callbacks"].items() if "val/mAP" in k)
+    assert float(after["best_model_score"]) == max(float(before["best_model_score"]), float(after["current_score"]))
+    assert Path(after["best_model_path"]).parent == _last(three_epochs).parent
+
+
+def test_fit_ckpt_path_last_without_a_run_says_what_to_pass(fitted: Path, tmp_path: Path, capsys) -> None:
+    best = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "best-epoch=000.ckpt"
+    best.parent.mkdir(parents=True)
+    shutil.copy(_last(fitted / "runs"), best)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir",
+              str(tmp_path), "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--ckpt_path {best}" in error and "leave out --ckpt_path" in error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_a_checkpoint_evaluates_another_dataset(fitted: Path, tmp_path_factory, subcommand: str, caplog) -> None:
+    """Trained on 8 synthetic identities, evaluated on another population read as DukeMTMC-reID."""
+    other = tmp_path_factory.getbasetemp() / "other_population"
+    if not other.exists():
+        generate_synthetic(other, num_train_ids=5, num_test_ids=4, seed=1, image_size=(64, 32))
+    run = tmp_path_factory.mktemp(subcommand)
+    ckpt = _last(fitted / "runs")
+    caplog.set_level(logging.INFO)
+    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                 auto_configure_optimizers=False, trainer_defaults={"use_distributed_sampler": False},
+                 args=resolve_config_names([subcommand, *TINY, "--data", "icg.data.DukeMTMCDataModule",
+                                            "--data.init_args.root", str(other), "--ckpt_path", str(ckpt),
+                                            "--trainer.default_root_dir", str(run), "--trainer.callbacks", "[]"]))
+    assert cli.datamodule.num_classes == 5 and _load(ckpt)["hyper_parameters"]["num_classes"] == 8
+    assert "trained on other identities" in caplog.text and "net.heads.global.classifier.weight (8, " in caplog.text
+    # reference: the trained network, loaded as trained, gives the same features
+    reference = ICGModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, pretrained=False).eval()
+    images = load_images([r.path for r in cli.datamodule.eval_records[:4]], cli.datamodule.eval_transform)
+    for (name, expected), (_, got) in zip(reference.extract(images).items(), cli.model.eval().extract(images).items()):
+        assert torch.allclose(expected, got, atol=1e-5), name
+    if subcommand == "predict":
+        features = torch.load(run / "lightning_logs" / "version_0" / "features.pt", weights_only=True)
+        assert len(features["paths"]) == len(cli.datamodule.eval_records)
+    else:
+        stage = "val" if subcommand == "validate" else "test"
+        assert 0.0 <= float(cli.trainer.callback_metrics[f"{stage}/mAP"]) <= 1.0
+
+
+@pytest.mark.parametrize(("subcommand", "name", "value", "stored"),
+                         [("test", "num_parts", "4", "6"), ("validate", "use_fsg", "false", "True"),
+                          ("fit", "lr", "0.123", "0.001")])
+def test_an_explicit_value_that_cannot_take_effect_is_an_error(fitted: Path, subcommand: str, name: str,
+                                                               value: str, stored: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, *TINY, "--data.init_args.root", str(fitted / "data"), f"--model.init_args.{name}", value,
+              "--ckpt_path", str(_last(fitted / "runs")), "--trainer.default_root_dir", str(fitted / "unused")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--model.init_args.{name} {value if value != 'false' else 'False'} cannot take effect" in error
+    assert f"{name}={stored}" in error
+
+
+@pytest.mark.slow
+def test_explicit_values_win_over_the_checkpoint(fitted: Path, tmp_path: Path) -> None:
+    ckpt = _last(fitted / "runs")
+    assert _load(ckpt)["hyper_parameters"]["rerank"] is False
+    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                 auto_configure_optimizers=False, trainer_defaults={"use_distributed_sampler": False},
+                 args=resolve_config_names(["validate", *TINY, "--data.init_args.root", str(fitted / "data"),
+                                            "--model.rerank", "true", "--model.init_args.fg_threshold=0.7",
+                                            "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path),
+                                            "--trainer.callbacks", "[]"]))
+    assert cli.model.hparams.rerank is True and cli.model.val_metric.rerank is True
+    assert cli.model.hparams.fg_threshold == 0.7
+
+
+class _Payload:
+    """Unpickling it runs code: it writes the file ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_carrying_a_pickle_payload_is_refused_by_every_entry_point(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "payload-ran"
+    evil = _load(_last(fitted / "runs"))
+    evil["payload"] = _Payload(marker)
+    run = tmp_path / "runs"
+    _last(run).parent.mkdir(parents=True)
+    torch.save(evil, _last(run))
+    # torch < 2.6 (which pyproject.toml used to allow) loads with weights_only=False unless told otherwise
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    common = [*TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir", str(run)]
+    commands = {
+        "fit": ["fit", *common, "--ckpt_path", str(_last(run))],
+        "fit last": ["fit", *common, "--ckpt_path", "last"],
+        **{name: [name, *common, "--ckpt_path", str(_last(run))] for name in ("validate", "test", "predict")},
+        "rank": ["rank", "--ckpt_path", str(_last(run)), "--query", str(fitted / "data" / "query"),
+                 "--gallery", str(fitted / "data" / "query"), "--output", str(tmp_path / "ranking.png")],
+    }
+    for name, command in commands.items():
+        with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+            main(command)
+        assert not marker.exists(), f"icg {name} ran the checkpoint's code"
+    # without that variable, torch's own default refuses it: pyproject.toml requires such a torch
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    with pytest.raises(pickle.UnpicklingError):
+        ICGModule.load_from_checkpoint(_last(run))
+    assert not marker.exists()
+    floor = next(r for r in importlib.metadata.requires("icg") if r.startswith("torch>="))
+    assert tuple(int(x) for x in floor.removeprefix("torch>=").split(".")[:2]) >= (2, 6)
+
+
+def test_a_wrong_config_name_lists_the_shipped_recipes() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "market1502"])
+    message = str(exit_info.value.code)
+    assert "--config market1502" in message and "did you mean market1501?" in message
+    assert all(name in message for name in SHIPPED)
+
+
+@pytest.mark.slow
+def test_rank_and_predict_refuse_a_diverged_checkpoint(fitted: Path, tmp_path: Path) -> None:
+    diverged = _load(_last(fitted / "runs"))
+    diverged["state_dict"]["net.backbone.conv1.weight"].fill_(float("nan"))
+    ckpt = tmp_path / "diverged.ckpt"
+    torch.save(diverged, ckpt)
+    query = fitted / "data" / "query"
+    first = str(sorted(query.glob("*.jpg"))[0])
+    with pytest.raises(NonFiniteFeaturesError, match=re.escape(first)):
+        main(["rank", "--ckpt_path", str(ckpt), "--query", str(query), "--gallery", str(query),
+              "--output", str(tmp_path / "ranking.png")])
+    with pytest.raises(NonFiniteFeaturesError, match=r"icg predict: .*" + re.escape(first)):
+        main(["predict", *TINY, "--data.init_args.root", str(fitted / "data"), "--ckpt_path", str(ckpt),
+              "--data.init_args.predict_dir", str(query), "--trainer.default_root_dir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.rglob("*.p*")) == []  # neither ranking.png nor features.pt

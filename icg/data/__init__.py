@@ -11,7 +11,16 @@ from icg.data.datamodule import (
 from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import PART_LABELS, PartLabel, SyntheticImage, generate_synthetic, plan_synthetic, render_synthetic
-from icg.data.transforms import INVALID_SOURCE, TrainTransform, eval_transform, load_images, read_image
+from icg.data.transforms import (
+    INVALID_SOURCE,
+    TrainTransform,
+    UnreadableImagesError,
+    eval_transform,
+    find_unreadable_images,
+    image_problem,
+    load_images,
+    read_image,
+)
 
 __all__ = [
     "CUHK03NP",
@@ -33,8 +42,11 @@ __all__ = [
     "SyntheticDataModule",
     "SyntheticImage",
     "TrainTransform",
+    "UnreadableImagesError",
     "eval_transform",
+    "find_unreadable_images",
     "generate_synthetic",
+    "image_problem",
     "load_images",
     "plan_synthetic",
     "read_image",

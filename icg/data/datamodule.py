@@ -25,7 +25,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 from icg.data.datasets import CUHK03NP, MSMT17, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import generate_synthetic, plan_synthetic
-from icg.data.transforms import TrainTransform, eval_transform, image_files, read_image
+from icg.data.transforms import (
+    TrainTransform,
+    UnreadableImagesError,
+    eval_transform,
+    find_unreadable_images,
+    image_files,
+    read_image,
+)
 
 
 class TrainImages(Dataset):
@@ -131,6 +138,35 @@ class ReIDDataModule(LightningDataModule):
     def eval_records(self) -> list[ImageRecord]:
         """Query records, then gallery records: the order of validation and test batches."""
         return self.dataset.query + self.dataset.gallery
+
+    def setup(self, stage: str) -> None:
+        """Checks, before any step of ``fit``, ``validate``, ``test`` or ``predict``, every image the evaluation
+        will read (query and gallery; the predict images for ``predict``) and lists all unreadable ones at once.
+
+        Training images are read by the first epoch (the clustering pass of ICG reads them all before the first
+        step); evaluation images would otherwise be read first at the end of an epoch, up to
+        ``check_val_every_n_epoch`` epochs later. The check decodes at reduced scale in ``num_workers`` threads
+        (see :func:`~icg.data.transforms.image_problem`), on global rank 0, whose verdict every rank follows.
+        """
+        records = self.predict_records if stage == "predict" else self.eval_records
+        split = "predict" if stage == "predict" else "query and gallery"
+        trainer = self.trainer
+        problems: list[tuple[str, str]] = []
+        if trainer is None or trainer.is_global_zero:
+            problems = find_unreadable_images(
+                [record.path for record in records],
+                threads=self.num_workers,
+                progress=trainer is not None and trainer.progress_bar_callback is not None,
+                description=f"checking {split} images",
+            )
+        if trainer is not None:
+            problems = trainer.strategy.broadcast(problems)
+        if problems:
+            listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+            raise UnreadableImagesError(
+                f"{type(self).__name__}: {len(problems)} of the {len(records)} {split} images cannot be read "
+                f"(checked before {stage} ran any step); replace or remove them:\n{listing}"
+            )
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

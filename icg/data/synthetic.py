@@ -34,8 +34,9 @@ Generation is deterministic (same arguments, same numpy and Pillow, byte-identic
 hidden sibling folder that is renamed into place when complete; concurrent calls with the same arguments, e.g.
 from several DDP ranks, all return the one finished folder) and idempotent (a complete generation with the same
 arguments is reused; anything else at ``root`` is an error, never deleted). An exception or Ctrl-C removes the
-staging folder; only a process killed outright can leave a hidden ``.<root name>.partial-*`` sibling behind, which
-never becomes ``root`` and may be deleted.
+staging folder; a process killed outright leaves its hidden ``.<root name>.partial-<pid>@<host>-*`` sibling
+behind, which never becomes ``root`` and is removed by the next call for the same ``root`` (see
+:func:`icg.files.remove_orphans`). Files and folders follow the umask.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -52,6 +52,8 @@ from typing import Any, Final
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from icg.files import remove_orphans, staging_folder
 
 __all__ = [
     "MASK_FOLDER",
@@ -1010,11 +1012,12 @@ def generate_synthetic(
         jpeg_quality=jpeg_quality, **plan_arguments,
     )
     metadata = _metadata(arguments, plan)
+    if root.parent.is_dir():  # staging folders of killed generations
+        remove_orphans(root.parent, root.name)
     if _is_complete(root, metadata):
         return root
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    staging = staging_folder(root)
     try:
         for folder in SPLIT_FOLDERS.values():
             (staging / folder).mkdir()

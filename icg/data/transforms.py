@@ -9,6 +9,7 @@ through this map and they stay aligned with the augmented pixels they describe.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,6 +47,43 @@ def read_image(path: str) -> Tensor:
             return v2.functional.pil_to_tensor(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as error:
         raise OSError(f"cannot read image {path}: {error}") from error
+
+
+class UnreadableImagesError(OSError):
+    """Image files that cannot be decoded; the message lists every one with the reason."""
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or ``None`` when it can.
+
+    Cheap: the header and the size, then a decode at the smallest scale the format offers (JPEG: 1/8, through
+    ``Image.draft``), which still reads every byte and so finds truncated or corrupt data.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width < 1 or height < 1:
+                return f"the image is empty ({width}x{height})"
+            image.draft("RGB", (1, 1))
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def find_unreadable_images(
+    paths: Sequence[str | Path], *, threads: int = 1, progress: bool = False, description: str = "checking images"
+) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every file of ``paths`` that :func:`image_problem` rejects, in the order of ``paths``.
+
+    Decoding releases the GIL, so ``threads`` threads check files in parallel; ``progress`` shows a bar.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = tqdm(
+            pool.map(image_problem, paths), total=len(paths), desc=description, disable=not progress,
+            leave=False,
+        )
+        return [(str(path), problem) for path, problem in zip(paths, problems) if problem is not None]
 
 
 def load_images(paths: Sequence[str | Path], transform: Callable[[Tensor], Tensor]) -> Tensor:

@@ -7,8 +7,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from icg.data import Market1501DataModule, PKSampler, SyntheticDataModule
+from icg.data import Market1501DataModule, PKSampler, SyntheticDataModule, UnreadableImagesError
 from icg.data.transforms import INVALID_SOURCE
+from icg.module import ICGModule
 from tests.conftest import write_images
 
 SIZE = (32, 16)
@@ -108,3 +109,28 @@ def test_synthetic_datamodule_knows_sizes_before_generating(tmp_path: Path) -> N
     assert len(datamodule.train_records) == num_train
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["image"].shape == (4, 3, *SIZE)
+
+
+@pytest.mark.slow
+def test_every_unreadable_evaluation_image_is_listed_before_the_first_step(tmp_path: Path) -> None:
+    datamodule = SyntheticDataModule(str(tmp_path / "synthetic"), num_train_ids=6, num_test_ids=4, image_size=SIZE,
+                                     num_identities=2, num_instances=2, eval_batch_size=4, num_workers=2)
+    datamodule.prepare_data()
+    query, gallery = datamodule.dataset.query, datamodule.dataset.gallery
+    good = Path(gallery[0].path).read_bytes()
+    # beyond the 2 x 4 images of Lightning's sanity check: otherwise found at the first validation only
+    broken = {query[-1].path: b"not an image at all", gallery[-1].path: good[: len(good) // 2],
+              gallery[-2].path: b""}
+    for path, content in broken.items():
+        Path(path).write_bytes(content)
+    model = ICGModule(num_classes=datamodule.num_classes, image_size=SIZE, backbone="resnet18", pretrained=False,
+                      use_afm=False, use_ppc=False, use_fsg=False)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, default_root_dir=tmp_path)
+    with pytest.raises(UnreadableImagesError) as error:
+        trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 0
+    listed = [line.split(": ")[0].strip() for line in str(error.value).splitlines()[1:]]
+    assert sorted(listed) == sorted(broken)  # every bad file, nothing else
+    assert "3 of the" in str(error.value) and "truncated" in str(error.value)
