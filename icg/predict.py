@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from icg.data.transforms import eval_transform, image_files, load_images
 from icg.divergence import NonFiniteFeaturesError, check_finite_features
+from icg.features import ReIDFeatures
 from icg.files import atomic_write
 from icg.module import ICGModule
-from icg.retrieval import ReIDFeatures, icg_distance
+from icg.retrieval import icg_distance
 from icg.viz import ranked_lists, save_png, top_k_matches
 
 
