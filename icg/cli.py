@@ -222,6 +222,32 @@ def resolve_config_names(argv: Sequence[str]) -> list[str]:
     return resolved
 
 
+def run_cli(args: Sequence[str]) -> ICGCLI:
+    """``icg fit|validate|test|predict ARGS`` from Python, with recipe names resolved as on the command line.
+
+    Returns the CLI once its subcommand has run, so that its ``trainer``, ``model`` and ``datamodule`` can go on
+    (``examples/demo.py`` tests the best checkpoint of a ``fit`` with them).
+
+    Raises:
+        FileNotFoundError: a ``--config`` is neither a file nor a shipped recipe.
+    """
+    return _lightning_cli(resolve_config_names(args))
+
+
+def _lightning_cli(args: Sequence[str] | None) -> ICGCLI:
+    """The ``icg`` LightningCLI, run on ``args`` (``None``: ``sys.argv``)."""
+    return ICGCLI(
+        ICGModule,
+        ReIDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``icg`` console script."""
     from_command_line = argv is None
@@ -234,13 +260,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if from_command_line:  # LightningCLI warns when given args while sys.argv has some too
         sys.argv[1:] = argv
-    ICGCLI(
-        ICGModule,
-        ReIDDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        trainer_defaults={"use_distributed_sampler": False},
-        save_config_kwargs={"overwrite": True},
-        args=None if from_command_line else argv,
-    )
+    _lightning_cli(None if from_command_line else argv)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from icg.data.transforms import eval_transform, image_files, load_images
 from icg.divergence import NonFiniteFeaturesError, check_finite_features
@@ -64,7 +65,8 @@ class FeatureWriter(BasePredictionWriter):
             },
             path,
         )
-        print(f"features of {len(positions)} images written to {path}")
+        shards = " (rank 0's shard; each rank writes its own)" if trainer.world_size > 1 else ""
+        rank_zero_info(f"FeatureWriter: features of {len(positions)} images written to {path}{shards}")
 
 
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
