@@ -7,8 +7,9 @@ Layout this example reads (any names; the camera is the part of the file name be
       query/<person>/<camera>_<anything>.jpg
       gallery/<person>/<camera>_<anything>.jpg
 
-Two small classes are all it takes: a reader (a :class:`icg.data.datasets.ReIDDataset` that lists the three
-splits) and a datamodule that uses it; sampling, augmentation, DDP, evaluation and the CLI come for free.
+Two small classes are all it takes: a reader (a :class:`icg.ReIDDataset` that lists the three splits in
+:meth:`~icg.ReIDDataset.read_splits`) and a datamodule that uses it; sampling, augmentation, DDP, evaluation and
+the CLI come for free, and :func:`icg.build_module` sizes the model for the data.
 
 Run it (it first writes a small demo folder from the synthetic pedestrians)::
 
@@ -29,10 +30,15 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from icg import ICGModule
-from icg.data import ReIDDataModule, generate_synthetic
-from icg.data.datasets import DatasetLayoutError, ImageRecord, ReIDDataset
-from icg.data.transforms import IMAGE_SUFFIXES
+from icg import (
+    IMAGE_SUFFIXES,
+    DatasetLayoutError,
+    ImageRecord,
+    ReIDDataModule,
+    ReIDDataset,
+    build_module,
+    generate_synthetic,
+)
 
 
 class PersonFolders(ReIDDataset):
@@ -40,10 +46,10 @@ class PersonFolders(ReIDDataset):
 
     layout = "  <root>/{train,query,gallery}/<person>/<camera>_<anything>.jpg"
 
-    def _is_dataset_folder(self, path: Path) -> bool:
+    def is_dataset_folder(self, path: Path) -> bool:
         return (path / "train").is_dir()
 
-    def _read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+    def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
         persons = {p.name for split in ("train", "query", "gallery") for p in (root / split).glob("*/")}
         person_ids = {name: i + 1 for i, name in enumerate(sorted(persons))}
         camera_ids: dict[str, int] = {}
@@ -91,8 +97,7 @@ def main() -> None:
     datamodule = FolderDataModule(str(args.root), image_size=(64, 32), num_identities=4, num_instances=2,
                                   num_workers=0)
     print(datamodule.dataset)
-    model = ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-                      image_size=(64, 32), backbone="resnet18", pretrained=False, warmup_epochs=1)
+    model = build_module(datamodule, backbone="resnet18", pretrained=False, warmup_epochs=1)
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", use_distributed_sampler=False,
                          default_root_dir=str(args.root.parent / "runs-custom"), enable_progress_bar=False)
     trainer.fit(model, datamodule=datamodule)

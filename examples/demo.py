@@ -11,11 +11,7 @@ import time
 
 import torch
 
-from icg.cli import CONFIG_DIR, ICGCLI
-from icg.data.datamodule import ReIDDataModule
-from icg.metrics import evaluate_rank
-from icg.module import ICGModule
-from icg.viz import VisualizationCallback
+from icg import ReIDDataModule, VisualizationCallback, evaluate_rank, run_cli
 
 
 def random_ranking_map(datamodule: ReIDDataModule, seed: int = 0) -> float:
@@ -28,10 +24,7 @@ def random_ranking_map(datamodule: ReIDDataModule, seed: int = 0) -> float:
 
 def main(argv: list[str]) -> None:
     start = time.perf_counter()
-    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 auto_configure_optimizers=False, trainer_defaults={"use_distributed_sampler": False},
-                 save_config_kwargs={"overwrite": True},
-                 args=["fit", "--config", str(CONFIG_DIR / "synthetic.yaml"), *argv])
+    cli = run_cli(["fit", "--config", "synthetic", *argv])
     (results,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)
     pictures = next(c for c in cli.trainer.callbacks if isinstance(c, VisualizationCallback)).saved
     minutes = (time.perf_counter() - start) / 60

@@ -11,7 +11,8 @@ Examples::
     icg rank --ckpt_path best.ckpt --query q/ --gallery g/ --output ranking.png
 
 ``--config NAME`` resolves to ``icg/configs/NAME.yaml`` when ``NAME`` is not a file (an unknown name lists the
-recipes). The datamodule's ``num_classes``, ``num_train_samples`` and ``image_size`` are linked to the model.
+recipes). A shipped recipe builds on ``icg/configs/base.yaml`` (the paper's recipe without a dataset), which is read
+before it. The datamodule's ``num_classes``, ``num_train_samples`` and ``image_size`` are linked to the model.
 
 With ``--ckpt_path``:
 
@@ -46,6 +47,8 @@ from icg.module import ICGModule
 from icg.predict import FeatureWriter, rank_folders
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+BASE_RECIPE = CONFIG_DIR / "base.yaml"
+"""The paper's recipe without a dataset, which every other shipped recipe builds on."""
 
 # Model arguments that shape the weights: a checkpoint can only be loaded into a model built with its values.
 WEIGHT_SHAPING = (
@@ -170,40 +173,79 @@ class ICGCLI(LightningCLI):
 
 
 def shipped_recipes() -> list[str]:
-    """The names ``--config`` accepts besides files: ``icg/configs/*.yaml`` without the suffix."""
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+    """The recipes ``--config`` accepts by name: ``icg/configs/*.yaml`` without the suffix, but the base."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path != BASE_RECIPE)
+
+
+def recipe_files(value: str) -> list[str]:
+    """The config files that ``--config value`` stands for: ``value`` itself when it is a file, else the shipped
+    ``icg/configs/<value>.yaml``; a shipped recipe (by name or path) other than the base comes after
+    :data:`BASE_RECIPE`, which it builds on.
+
+    Raises:
+        FileNotFoundError: ``value`` is neither a file nor a shipped recipe; the message lists the recipes.
+    """
+    if Path(value).exists():
+        file = value
+    else:
+        shipped = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
+        if not shipped.is_file():
+            close = difflib.get_close_matches(value.removesuffix(".yaml"), shipped_recipes(), n=1)
+            raise FileNotFoundError(
+                f"--config {value}: no such file and no shipped recipe of that name"
+                + (f" (did you mean {close[0]}?)" if close else "")
+                + ". Shipped recipes: " + ", ".join(shipped_recipes())
+            )
+        file = str(shipped)
+    location = Path(file).resolve()
+    if location.parent == CONFIG_DIR.resolve() and location != BASE_RECIPE.resolve():
+        return [str(BASE_RECIPE), file]
+    return [file]
 
 
 def resolve_config_names(argv: Sequence[str]) -> list[str]:
-    """Replaces ``--config NAME`` (and ``--config=NAME``) by the shipped ``icg/configs/NAME.yaml`` when
-    ``NAME`` is not an existing file.
+    """Replaces each ``--config VALUE`` (and ``--config=VALUE``) by the files of :func:`recipe_files`, one
+    ``--config`` each: ``--config market1501`` becomes ``--config .../base.yaml --config .../market1501.yaml``.
 
     Raises:
-        FileNotFoundError: ``NAME`` is neither a file nor a shipped recipe; the message lists the recipes.
+        FileNotFoundError: a ``VALUE`` is neither a file nor a shipped recipe; the message lists the recipes.
     """
-
-    def resolve(value: str) -> str:
-        if Path(value).exists():
-            return value
-        shipped = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
-        if shipped.is_file():
-            return str(shipped)
-        close = difflib.get_close_matches(value.removesuffix(".yaml"), shipped_recipes(), n=1)
-        raise FileNotFoundError(
-            f"--config {value}: no such file and no shipped recipe of that name"
-            + (f" (did you mean {close[0]}?)" if close else "")
-            + ". Shipped recipes: " + ", ".join(shipped_recipes())
-        )
-
-    resolved, previous = [], ""
-    for arg in argv:
-        if previous == "--config":
-            arg = resolve(arg)
+    resolved: list[str] = []
+    for index, arg in enumerate(argv):
+        if index > 0 and argv[index - 1] == "--config":
+            first, *others = recipe_files(arg)
+            resolved += [first, *(word for file in others for word in ("--config", file))]
         elif arg.startswith("--config="):
-            arg = "--config=" + resolve(arg.split("=", 1)[1])
-        resolved.append(arg)
-        previous = arg
+            resolved += ["--config=" + file for file in recipe_files(arg.split("=", 1)[1])]
+        else:
+            resolved.append(arg)
     return resolved
+
+
+def run_cli(args: Sequence[str]) -> ICGCLI:
+    """``icg fit|validate|test|predict ARGS`` from Python, with recipe names resolved as on the command line.
+
+    Returns the CLI once its subcommand has run, so that its ``trainer``, ``model`` and ``datamodule`` can go on
+    (``examples/demo.py`` tests the best checkpoint of a ``fit`` with them).
+
+    Raises:
+        FileNotFoundError: a ``--config`` is neither a file nor a shipped recipe.
+    """
+    return _lightning_cli(resolve_config_names(args))
+
+
+def _lightning_cli(args: Sequence[str] | None) -> ICGCLI:
+    """The ``icg`` LightningCLI, run on ``args`` (``None``: ``sys.argv``)."""
+    return ICGCLI(
+        ICGModule,
+        ReIDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -218,13 +260,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if from_command_line:  # LightningCLI warns when given args while sys.argv has some too
         sys.argv[1:] = argv
-    ICGCLI(
-        ICGModule,
-        ReIDDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        trainer_defaults={"use_distributed_sampler": False},
-        save_config_kwargs={"overwrite": True},
-        args=None if from_command_line else argv,
-    )
+    _lightning_cli(None if from_command_line else argv)

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from icg.retrieval import ReIDFeatures
+from icg.features import ReIDFeatures
 
 __all__ = ["DivergenceError", "DivergenceGuard", "NonFiniteFeaturesError", "check_finite_features"]
 

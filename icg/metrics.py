@@ -36,20 +36,13 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
-from icg.retrieval import (
-    DistanceRows,
-    ReIDFeatures,
-    _segments,
-    _stable_keys,
-    icg_distance,
-    icg_distance_rows,
-    k_reciprocal_rerank,
-)
+from icg.features import ReIDFeatures
+from icg.retrieval import DistanceRows, icg_distance, icg_distance_rows, k_reciprocal_rerank
+from icg.tensor_ops import INT64_MAX, expand_segments, key_columns, stable_sort_keys
 
 __all__ = ["RankResult", "ReIDMetric", "evaluate_rank", "format_rank_table"]
 
 ArrayLike = Union[Tensor, np.ndarray]
-_INT64_MAX = torch.iinfo(torch.int64).max
 
 
 @dataclass(frozen=True)
@@ -119,14 +112,14 @@ def _preceding_counts(dist: Tensor, thresholds: Tensor, num_match: Tensor) -> Te
     # with few of them is packed to them; a row with many is read whole, as packing would cost more passes.
     # Which is which is estimated from 256 columns (a wrong guess costs time, never correctness).
     has_match = num_match[:, None] > 0
-    last = torch.where(has_match, thresholds.gather(1, (num_match - 1).clamp_(min=0)[:, None]) & 0xFFFFFFFF, 0)
+    last = torch.where(has_match, key_columns(thresholds.gather(1, (num_match - 1).clamp_(min=0)[:, None])), 0)
     last_value = torch.where(has_match, dist.gather(1, last), math.nan)  # nothing is <= NaN
     sample = torch.linspace(0, num_gallery - 1, min(256, num_gallery), device=dist.device).long()
     dense = (dist[:, sample] <= last_value).float().mean(1) > 0.5
     flat = _nonzero_flat(dist <= last_value.masked_fill_(dense[:, None], math.nan))  # packed rows' entries
     row = flat // num_gallery
     col = flat - row * num_gallery
-    packed = _stable_keys(dist.view(-1).index_select(0, flat), col)
+    packed = stable_sort_keys(dist.view(-1).index_select(0, flat), col)
     num_active = torch.bincount(row, minlength=n)
     packed_start = torch.cumsum(num_active, 0) - num_active
     width = torch.where(dense, num_gallery, num_active)
@@ -146,12 +139,12 @@ def _preceding_counts(dist: Tensor, thresholds: Tensor, num_match: Tensor) -> Te
         cols = int(num_match[rows].max())
         if cols > 0:
             if is_dense[stop - 1]:
-                keys = _stable_keys(dist[rows], columns)
+                keys = stable_sort_keys(dist[rows], columns)
             else:
                 # int64 max in the padding, which counts after every match.
-                keys = torch.full((stop - start, widths[stop - 1]), _INT64_MAX, dtype=torch.long, device=dist.device)
+                keys = torch.full((stop - start, widths[stop - 1]), INT64_MAX, dtype=torch.long, device=dist.device)
                 starts = packed_start[rows]
-                slot_row, position = _segments(starts, num_active[rows])
+                slot_row, position = expand_segments(starts, num_active[rows])
                 keys[slot_row, position - starts[slot_row]] = packed[position]
             out[rows, :cols] = _count_below(keys, thresholds[rows, :cols])
         start = stop
@@ -205,10 +198,10 @@ class _RankAccumulator:
         num_match = match.sum(1)
         if num_match.numel() == 0 or int(num_match.max()) == 0:
             return
-        keys = _stable_keys(dist.gather(1, index), index)
+        keys = stable_sort_keys(dist.gather(1, index), index)
         width = int(num_match.max())
-        thresholds = torch.where(match, keys, _INT64_MAX).sort(dim=1).values[:, :width]
-        junk_keys = torch.where(junk, keys, _INT64_MAX)
+        thresholds = torch.where(match, keys, INT64_MAX).sort(dim=1).values[:, :width]
+        junk_keys = torch.where(junk, keys, INT64_MAX)
         junk_before = (junk_keys[:, None, :] < thresholds[:, :, None]).sum(2)
         # Rank among the kept entries, 1-based: everything before the match but the junk, plus one.
         rank = _preceding_counts(dist, thresholds, num_match) - junk_before + 1

@@ -10,12 +10,14 @@ from typing import Any, Sequence
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 
 from icg.data.transforms import eval_transform, image_files, load_images
 from icg.divergence import NonFiniteFeaturesError, check_finite_features
+from icg.features import ReIDFeatures
 from icg.files import atomic_write
 from icg.module import ICGModule
-from icg.retrieval import ReIDFeatures, icg_distance
+from icg.retrieval import icg_distance
 from icg.viz import ranked_lists, save_png, top_k_matches
 
 
@@ -63,7 +65,8 @@ class FeatureWriter(BasePredictionWriter):
             },
             path,
         )
-        print(f"features of {len(positions)} images written to {path}")
+        shards = " (rank 0's shard; each rank writes its own)" if trainer.world_size > 1 else ""
+        rank_zero_info(f"FeatureWriter: features of {len(positions)} images written to {path}{shards}")
 
 
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")

@@ -20,8 +20,9 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks, make_grid
 
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images
+from icg.features import ReIDFeatures
 from icg.files import atomic_write
-from icg.retrieval import ReIDFeatures, icg_distance
+from icg.retrieval import icg_distance
 
 # background (unused) then up to 12 parts: distinct, colour-blind-friendly-ish hues, top part first
 PART_COLORS = [

@@ -165,7 +165,7 @@ def test_cuda_matches_reference():
 
 
 # ------------------------------------------------------------------------------------------------- ReIDMetric
-def labelled_set(seed: int, n: int = 60, **drop: bool):
+def labeled_set(seed: int, n: int = 60, **drop: bool):
     gen = torch.Generator().manual_seed(seed)
     features = random_features(n, 4, gen, **drop)
     pids = torch.randint(0, 8, (n,), generator=gen)
@@ -194,7 +194,7 @@ def assert_metric(got: dict, expected: dict, atol=1e-6):
 
 @pytest.mark.parametrize("rerank", [False, True])
 def test_metric_over_several_updates_matches_reference(rerank):
-    features, pids, camids, is_query = labelled_set(0)
+    features, pids, camids, is_query = labeled_set(0)
     metric = ReIDMetric(rerank=rerank)
     for lo, hi in [(0, 7), (7, 30), (30, 31), (31, 60)]:
         metric.update(features[lo:hi], pids[lo:hi], camids[lo:hi], is_query[lo:hi])
@@ -207,7 +207,7 @@ def test_metric_over_several_updates_matches_reference(rerank):
 
 
 def test_plain_tensor_mode_is_cosine_evaluate_rank():
-    features, pids, camids, is_query = labelled_set(1, foreground=True, parts=True, graph=True)
+    features, pids, camids, is_query = labeled_set(1, foreground=True, parts=True, graph=True)
     metric = ReIDMetric(chunk_size=5)
     metric.update(features.global_feat[:20], pids[:20], camids[:20], is_query[:20].int())
     metric.update(features.global_feat[20:], pids[20:], camids[20:], is_query[20:])
@@ -220,7 +220,7 @@ def test_plain_tensor_mode_is_cosine_evaluate_rank():
 
 
 def test_metric_drops_repeated_samples_and_checks_updates():
-    features, pids, camids, is_query = labelled_set(2)
+    features, pids, camids, is_query = labeled_set(2)
     index = torch.arange(60)
     metric = ReIDMetric()
     metric.update(features[:40], pids[:40], camids[:40], is_query[:40], sample_index=index[:40])
@@ -237,7 +237,7 @@ def test_metric_drops_repeated_samples_and_checks_updates():
 
 
 def test_metric_without_valid_query_warns_and_gives_nan():
-    features, pids, camids, _ = labelled_set(3)
+    features, pids, camids, _ = labeled_set(3)
     metric = ReIDMetric()
     metric.update(features, pids, camids, torch.zeros(60, dtype=torch.bool))
     with pytest.warns(UserWarning, match="none of the 0 queries"):

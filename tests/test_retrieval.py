@@ -213,8 +213,8 @@ def euclidean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 )
 def test_rerank_matches_published_algorithm(k1, k2, chunk_size, pair_budget):
     rng = np.random.default_rng(k1)
-    centres = rng.normal(size=(6, 8))
-    points = centres[rng.integers(0, 6, size=55)] + 0.7 * rng.normal(size=(55, 8))
+    centers = rng.normal(size=(6, 8))
+    points = centers[rng.integers(0, 6, size=55)] + 0.7 * rng.normal(size=(55, 8))
     q, g = points[:15], points[15:]
     q_g, q_q, g_g = euclidean(q, g), euclidean(q, q), euclidean(g, g)
     expected = reference_rerank(q_g, q_q, g_g, k1, k2, 0.3)

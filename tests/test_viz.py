@@ -5,11 +5,11 @@ import torch
 from icg.viz import PART_COLORS, part_maps
 
 
-def _has_colour(image: torch.Tensor, colour: tuple[int, int, int]) -> bool:
-    return bool((image == torch.tensor(colour, dtype=torch.uint8)[:, None, None]).all(dim=0).any())
+def _has_color(image: torch.Tensor, color: tuple[int, int, int]) -> bool:
+    return bool((image == torch.tensor(color, dtype=torch.uint8)[:, None, None]).all(dim=0).any())
 
 
-def test_part_maps_layout_titles_and_colour_key() -> None:
+def test_part_maps_layout_titles_and_color_key() -> None:
     batch, height, width, num_parts = 2, 32, 16, 3
     images = torch.full((batch, 3, height, width), 128, dtype=torch.uint8)
     labels = torch.zeros(batch, 4, 2, dtype=torch.long)
@@ -26,7 +26,7 @@ def test_part_maps_layout_titles_and_colour_key() -> None:
         left = 2 + column * (tile_w + 2)
         assert (header[:, :, left : left + tile_w] < 100).any(), column
     for k in range(1, num_parts + 1):  # every part's colour in the key
-        assert _has_colour(key, PART_COLORS[k]), k
+        assert _has_color(key, PART_COLORS[k]), k
     # predicted parts (third column): part 1 tinted in the top-left cell, the background cell beside it untinted
     predicted = grid[:, 2 : 2 + tile_h, 2 + 2 * (tile_w + 2) : 2 + 2 * (tile_w + 2) + tile_w]
     top_left, top_right = predicted[:, 5, 5].int(), predicted[:, 5, tile_w - 5].int()

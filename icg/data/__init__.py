@@ -8,10 +8,19 @@ from icg.data.datamodule import (
     ReIDDataModule,
     SyntheticDataModule,
 )
-from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501
+from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
 from icg.data.sampler import PKSampler, ShardSampler
-from icg.data.synthetic import PART_LABELS, PartLabel, SyntheticImage, generate_synthetic, plan_synthetic, render_synthetic
+from icg.data.synthetic import (
+    PART_LABELS,
+    PartLabel,
+    SyntheticImage,
+    SyntheticSpec,
+    generate_synthetic,
+    plan_synthetic,
+    render_synthetic,
+)
 from icg.data.transforms import (
+    IMAGE_SUFFIXES,
     INVALID_SOURCE,
     TrainTransform,
     UnreadableImagesError,
@@ -28,6 +37,7 @@ __all__ = [
     "DatasetLayoutError",
     "DukeMTMCDataModule",
     "DukeMTMCreID",
+    "IMAGE_SUFFIXES",
     "INVALID_SOURCE",
     "ImageRecord",
     "MSMT17",
@@ -38,9 +48,11 @@ __all__ = [
     "PKSampler",
     "PartLabel",
     "ReIDDataModule",
+    "ReIDDataset",
     "ShardSampler",
     "SyntheticDataModule",
     "SyntheticImage",
+    "SyntheticSpec",
     "TrainTransform",
     "UnreadableImagesError",
     "eval_transform",

@@ -24,7 +24,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from icg.data.datasets import CUHK03NP, MSMT17, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
 from icg.data.sampler import PKSampler, ShardSampler
-from icg.data.synthetic import generate_synthetic, plan_synthetic
+from icg.data.synthetic import SyntheticSpec, plan_images, write_synthetic
 from icg.data.transforms import (
     TrainTransform,
     UnreadableImagesError,
@@ -276,11 +276,10 @@ class SyntheticDataModule(ReIDDataModule):
         generated_size: tuple[int, int] = (128, 64),
         **kwargs: Any,
     ) -> None:
-        self.generator_args = dict(
-            num_train_ids=num_train_ids, num_test_ids=num_test_ids, seed=generator_seed
+        self.spec = SyntheticSpec(
+            num_train_ids=num_train_ids, num_test_ids=num_test_ids, seed=generator_seed, image_size=generated_size
         )
-        self.generated_size = tuple(generated_size)
-        plan = plan_synthetic(**self.generator_args)
+        plan = plan_images(self.spec)
         self._num_train_samples = sum(image.split == "train" for image in plan)
         self._num_classes = len({image.pid for image in plan if image.split == "train"})
         super().__init__(root, **kwargs)
@@ -294,7 +293,7 @@ class SyntheticDataModule(ReIDDataModule):
         return self._num_train_samples
 
     def prepare_data(self) -> None:
-        generate_synthetic(self.root, image_size=self.generated_size, **self.generator_args)
+        write_synthetic(self.root, self.spec)
 
     def read_dataset(self) -> ReIDDataset:
         if not Path(self.root).is_dir():

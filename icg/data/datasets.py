@@ -45,9 +45,10 @@ def _relabel(records: list[ImageRecord]) -> list[ImageRecord]:
 class ReIDDataset:
     """Base class of the dataset readers: holds the three splits and checks that none is empty.
 
-    Subclasses implement :meth:`_read_splits` and set :attr:`folder_names` (the names the dataset folder
-    usually has, tried below ``root`` when ``root`` itself is not the dataset folder) and
-    :attr:`layout` (a picture of the expected tree, shown when something is missing).
+    Subclasses (the extension point for a dataset of your own, see ``examples/custom_dataset.py``) implement
+    :meth:`read_splits` and :meth:`is_dataset_folder`, and set :attr:`folder_names` (the names the dataset folder
+    usually has, tried below ``root`` when ``root`` itself is not the dataset folder) and :attr:`layout` (a
+    picture of the expected tree, shown when something is missing).
     """
 
     folder_names: ClassVar[tuple[str, ...]] = ()
@@ -55,7 +56,7 @@ class ReIDDataset:
 
     def __init__(self, root: str | Path) -> None:
         self.root = self._find_root(Path(root).expanduser())
-        train, self.query, self.gallery = self._read_splits(self.root)
+        train, self.query, self.gallery = self.read_splits(self.root)
         self.train = _relabel(train)
         for name in ("train", "query", "gallery"):
             if not getattr(self, name):
@@ -81,7 +82,9 @@ class ReIDDataset:
             f"query={stats(self.query)}, gallery={stats(self.gallery)})"
         )
 
-    def _is_dataset_folder(self, path: Path) -> bool:
+    def is_dataset_folder(self, path: Path) -> bool:
+        """Whether ``path`` looks like this dataset's folder: ``root`` and ``root/<folder_names>`` are tried in
+        turn, and the first that does is read. A cheap test of the layout, not a full check."""
         raise NotImplementedError
 
     def _find_root(self, root: Path) -> Path:
@@ -90,14 +93,17 @@ class ReIDDataset:
                 f"{type(self).__name__}: dataset root {root} does not exist; expected layout:\n{self.layout}"
             )
         for candidate in (root, *(root / name for name in self.folder_names)):
-            if self._is_dataset_folder(candidate):
+            if self.is_dataset_folder(candidate):
                 return candidate
         raise DatasetLayoutError(
             f"{type(self).__name__}: no dataset found at {root} (also tried {', '.join(self.folder_names)} "
             f"inside it); expected layout:\n{self.layout}"
         )
 
-    def _read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+    def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+        """``(train, query, gallery)`` records of the dataset folder ``root``, with the ids as found on disk
+        (train ids are relabelled ``0..N-1`` afterwards) and 0-based cameras; raise :class:`DatasetLayoutError`
+        for a file that does not follow the layout."""
         raise NotImplementedError
 
 
@@ -109,10 +115,10 @@ class _FolderPerSplitDataset(ReIDDataset):
     suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
     example_name: ClassVar[str] = "0002_c1s1_000451_03.jpg"
 
-    def _is_dataset_folder(self, path: Path) -> bool:
+    def is_dataset_folder(self, path: Path) -> bool:
         return path.is_dir() and any((path / folder).is_dir() for folder in self.split_folders)
 
-    def _read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+    def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
         missing = [folder for folder in self.split_folders if not (root / folder).is_dir()]
         if missing:
             raise DatasetLayoutError(
@@ -198,11 +204,11 @@ class CUHK03NP(_FolderPerSplitDataset):
         self.variant = variant
         super().__init__(root)
 
-    def _is_dataset_folder(self, path: Path) -> bool:
-        return super()._is_dataset_folder(path / self.variant)
+    def is_dataset_folder(self, path: Path) -> bool:
+        return super().is_dataset_folder(path / self.variant)
 
-    def _read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
-        return super()._read_splits(root / self.variant)
+    def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+        return super().read_splits(root / self.variant)
 
 
 class MSMT17(ReIDDataset):
@@ -225,12 +231,12 @@ class MSMT17(ReIDDataset):
     )
     image_folders: ClassVar[tuple[tuple[str, str], ...]] = (("train", "test"), ("mask_train_v2", "mask_test_v2"))
 
-    def _is_dataset_folder(self, path: Path) -> bool:
+    def is_dataset_folder(self, path: Path) -> bool:
         return (path / "list_train.txt").is_file() or any(
             (path / train).is_dir() for train, _ in self.image_folders
         )
 
-    def _read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
+    def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
         folders = next(
             ((root / train, root / test) for train, test in self.image_folders if (root / train).is_dir()),
             None,

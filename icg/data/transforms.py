@@ -24,6 +24,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INVALID_SOURCE = -1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""File suffixes (lower case) read as images: by the dataset readers, ``icg predict`` and ``icg rank``."""
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -47,7 +47,7 @@ from icg.model.backbone import build_backbone
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
 from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
-from icg.retrieval import ReIDFeatures
+from icg.features import ReIDFeatures
 
 __all__ = ["BranchOutput", "ICGNet", "ICGOutput", "to_reid_features"]
 

@@ -12,7 +12,7 @@ def _ids(records):
     return [(Path(r.path).name, r.pid, r.camid) for r in records]
 
 
-def test_market_counts_relabelling_junk_and_distractors(market_tree: Path) -> None:
+def test_market_counts_relabeling_junk_and_distractors(market_tree: Path) -> None:
     dataset = Market1501(market_tree)
     # train ids 2, 7, 11 become 0, 1, 2 in sorted order; cameras are 0-based
     assert sorted((pid, cam) for _, pid, cam in _ids(dataset.train)) == [

@@ -12,9 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icg.data import synthetic
+import icg.data.synthetic.write as synthetic_write
 from icg.data.datasets import Market1501
-from icg.data.synthetic import PartLabel, generate_synthetic, plan_synthetic, render_synthetic
+from icg.data.synthetic import (
+    SPLIT_FOLDERS,
+    PartLabel,
+    SyntheticSpec,
+    generate_synthetic,
+    plan_images,
+    plan_synthetic,
+    render_synthetic,
+)
 
 # Tiny generations: a few ids, 64x32 images (well under a second each).
 TINY = dict(num_train_ids=4, num_test_ids=3, image_size=(64, 32), train_images_per_id=(3, 6))
@@ -90,7 +98,7 @@ def test_plan_gives_each_identity_one_appearance_and_each_camera_one_scene() -> 
     assert len({next(iter(s)) for s in by_camera.values()}) == len(by_camera)
 
 
-def test_colour_swapped_pairs_differ_only_in_where_the_colours_are() -> None:
+def test_color_swapped_pairs_differ_only_in_where_the_colors_are() -> None:
     plan = plan_synthetic(10, 1, seed=2, swapped_pair_fraction=1.0)
     appearances = list({img.pid: img.appearance for img in plan if img.split == "train"}.values())
     pairs = [
@@ -101,6 +109,15 @@ def test_colour_swapped_pairs_differ_only_in_where_the_colours_are() -> None:
         and replace(a, shirt=b.shirt, trousers=b.trousers) == b
     ]
     assert len(pairs) == 5
+
+
+def test_the_spec_holds_every_argument_once() -> None:
+    """The keyword functions are the spec's functions; pairs given as lists describe the same generation."""
+    spec = SyntheticSpec(**TINY)
+    assert plan_synthetic(**TINY) == plan_images(spec)
+    assert SyntheticSpec(**{**TINY, "image_size": [64, 32], "train_images_per_id": [3, 6]}) == spec
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        SyntheticSpec(jpeg_quality=0)
 
 
 def test_plan_is_deterministic_and_depends_on_the_seed() -> None:
@@ -164,7 +181,7 @@ def test_masks_align_with_the_planned_geometry() -> None:
         assert abs(np.median(columns) - img.center_x * width) <= 0.06 * img.height * height
 
 
-def test_mask_labels_cover_the_pixels_of_that_colour() -> None:
+def test_mask_labels_cover_the_pixels_of_that_color() -> None:
     """Median colour under each label is the planned garment colour after the camera's cast."""
     plan = [
         img for img in plan_synthetic(60, 5, seed=6)
@@ -178,9 +195,9 @@ def test_mask_labels_cover_the_pixels_of_that_colour() -> None:
         cast = np.asarray(img.scene.gain) * img.brightness
         # Side shading darkens garments by up to 15% where most of their pixels are.
         garments = ((PartLabel.UPPER_BODY, img.appearance.shirt), (PartLabel.LEGS, img.appearance.trousers))
-        for label, colour in garments:
+        for label, color in garments:
             measured = np.median(rgb[mask == label].astype(np.float64), axis=0)
-            expected = np.clip(np.asarray(colour) * cast * 0.95, 0, 255)
+            expected = np.clip(np.asarray(color) * cast * 0.95, 0, 255)
             assert np.abs(measured - expected).max() <= 25, (img.filename, label, measured, expected)
 
 
@@ -190,10 +207,10 @@ def test_mask_labels_cover_the_pixels_of_that_colour() -> None:
         ("shirt", PartLabel.UPPER_BODY),
         ("trousers", PartLabel.LEGS),
         ("shoes", PartLabel.SHOES),
-        ("bag_colour", PartLabel.BAG),
+        ("bag_color", PartLabel.BAG),
     ],
 )
-def test_mask_marks_exactly_the_pixels_a_garment_colours(field: str, label: PartLabel) -> None:
+def test_mask_marks_exactly_the_pixels_a_garment_colors(field: str, label: PartLabel) -> None:
     """Re-colouring one garment changes exactly the pixels its label covers (same seed, so same backdrop and
     noise; no blur). A mask misaligned by a single pixel fails this."""
     plan = [
@@ -216,9 +233,9 @@ def test_mask_marks_exactly_the_pixels_a_garment_colours(field: str, label: Part
             pale_skin = replace(red, appearance=replace(red.appearance, skin=(250, 250, 250)))
             pale = render_synthetic(pale_skin, (128, 64))[0]
             changed |= np.any(rgb_red != pale, axis=-1) & (mask == label)
-        labelled = mask == label
-        assert labelled.any(), img.filename
-        assert np.array_equal(changed, labelled), img.filename
+        labeled = mask == label
+        assert labeled.any(), img.filename
+        assert np.array_equal(changed, labeled), img.filename
 
 
 @pytest.mark.parametrize("occluder", ["car", "pole", "passerby"])
@@ -239,7 +256,7 @@ def test_layout_is_read_by_market1501(tiny_root: Path) -> None:
     plan = plan_synthetic(**TINY_PLAN)
     on_disk = {
         str(path.relative_to(tiny_root))
-        for folder in synthetic.SPLIT_FOLDERS.values()
+        for folder in SPLIT_FOLDERS.values()
         for path in (tiny_root / folder).iterdir()
     }
     assert on_disk == {img.relpath for img in plan}
@@ -295,7 +312,7 @@ def test_complete_generation_is_reused_without_drawing(tiny_root: Path, monkeypa
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("drew an image although the generation exists")
 
-    monkeypatch.setattr(synthetic, "render_synthetic", fail)
+    monkeypatch.setattr(synthetic_write, "render_synthetic", fail)
     assert generate_synthetic(str(tiny_root), **TINY) == tiny_root
     assert {path: path.stat().st_mtime_ns for path in tiny_root.rglob("*")} == before
 
@@ -337,7 +354,7 @@ def test_an_empty_folder_is_filled(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = synthetic.render_synthetic
+    original = synthetic_write.render_synthetic
     calls = []
 
     def interrupted(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +363,7 @@ def test_an_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: p
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "render_synthetic", interrupted)
+    monkeypatch.setattr(synthetic_write, "render_synthetic", interrupted)
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic(tmp_path / "market", **TINY)
     assert list(tmp_path.iterdir()) == []
@@ -359,14 +376,14 @@ def test_a_concurrent_run_that_finishes_first(
     """Two processes (e.g. DDP ranks) generating the same root: the later one reuses the earlier one's folder,
     or refuses it when its arguments differ; either way no staging folder is left behind."""
     root = tmp_path / "market"
-    publish = synthetic._publish
+    publish = synthetic_write._publish
 
     def other_process_first(staging: Path, target: Path, metadata: dict) -> None:
-        monkeypatch.setattr(synthetic, "_publish", publish)
+        monkeypatch.setattr(synthetic_write, "_publish", publish)
         generate_synthetic(root, **{**TINY, "seed": other_seed})
         publish(staging, target, metadata)
 
-    monkeypatch.setattr(synthetic, "_publish", other_process_first)
+    monkeypatch.setattr(synthetic_write, "_publish", other_process_first)
     if succeeds:
         assert generate_synthetic(root, **TINY) == root
     else:

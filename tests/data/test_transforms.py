@@ -16,7 +16,7 @@ def _coordinate_image() -> torch.Tensor:
     return torch.stack([cols + 1, rows + 1, torch.full_like(rows, 7)]).to(torch.uint8)
 
 
-def _denormalise(image: torch.Tensor) -> torch.Tensor:
+def _denormalize(image: torch.Tensor) -> torch.Tensor:
     mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     return ((image * std + mean) * 255).round()
 
@@ -27,7 +27,7 @@ def test_source_map_points_at_the_pixel_each_output_pixel_came_from(seed: int) -
     transform = TrainTransform((H, W), flip_prob=0.5, padding=4, erasing_prob=0.7)
     image, source = transform(_coordinate_image())
     assert image.shape == (3, H, W) and source.shape == (H, W) and source.dtype == torch.int64
-    pixels = _denormalise(image)
+    pixels = _denormalize(image)
     valid = source != INVALID_SOURCE
     # every valid output pixel shows the (row, column) its source index encodes
     assert torch.equal(pixels[0][valid] - 1, (source[valid] % W).float())
