@@ -84,8 +84,8 @@ class TruePartLabels(PartClustering):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: ICGModule) -> None:
         paths = [record.path for record in trainer.datamodule.train_records]
-        pl_module.part_labels.copy_(torch.from_numpy(true_part_cells(paths, pl_module.label_size)))
-        pl_module.labelled.fill_(True)
+        labels = pl_module.part_labels
+        labels.assign(torch.from_numpy(true_part_cells(paths, labels.size)), torch.ones_like(labels.labeled))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: ICGModule) -> None:
         pass
@@ -114,12 +114,13 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     datamodule = SyntheticDataModule(str(args.data), num_train_ids=args.train_ids, num_test_ids=args.test_ids,
                                      generator_seed=args.generator_seed, image_size=(128, 64), num_identities=8,
                                      num_instances=4, num_workers=args.workers, seed=seed)
+    recipe = dict(fg_threshold=args.fg_threshold, lr=1e-3, warmup_epochs=1, milestones=(args.epochs - 2,),
+                  channels_last=True)
     module = ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
                        image_size=(128, 64), backbone="resnet18", pretrained=str(args.init) if args.init else False,
                        num_parts=variant.num_parts, use_afm=variant.use_afm, use_ppc=variant.use_ppc,
                        use_fsg=variant.use_fsg, foreground_from_parts=variant.foreground_from_parts,
-                       fg_threshold=args.fg_threshold, lr=1e-3, warmup_epochs=1, milestones=(args.epochs - 2,),
-                       channels_last=True)
+                       **{**recipe, **args.model_args})
     labels = TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2)
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, use_distributed_sampler=False,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -132,13 +133,14 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     if variant.use_afm or variant.use_ppc:
         predicted, visible = test_part_maps(module, datamodule)
         eval_paths = [record.path for record in datamodule.eval_records]
-        quality = label_quality(predicted, true_part_cells(eval_paths, module.label_size))
+        quality = label_quality(predicted, true_part_cells(eval_paths, predicted.shape[1:]))
         result.update(visible_parts=float(np.mean(visible)), test_fg_precision=quality["fg_precision"])
         if variant.use_ppc:
             result.update(test_purity=quality["purity"], test_order=quality["order"])
-    if variant.use_ppc and module.labelled.any():
+    labels = module.part_labels
+    if variant.use_ppc and labels.labeled.any():
         train_paths = [record.path for record in datamodule.train_records]
-        quality = label_quality(module.part_labels.cpu().numpy(), true_part_cells(train_paths, module.label_size))
+        quality = label_quality(labels.labels.cpu().numpy(), true_part_cells(train_paths, labels.size))
         result.update({key: quality[key] for key in ("fg_share", "fg_precision", "fg_recall", "purity")})
     if module.net.graph is not None:
         result["adjacency_deviation"] = float((module.net.graph.adjacency - 0.5).abs().mean())
@@ -221,6 +223,8 @@ def main() -> None:
     parser.add_argument("--train-ids", type=int, default=80)
     parser.add_argument("--test-ids", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model-args", type=json.loads, default={},
+                        help='other ICGModule arguments for every run, as JSON: \'{"attention_kernel": 3}\'')
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-ablation"))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "RESULTS.md")
     parser.add_argument("--log", type=Path, default=Path(__file__).parent / "ablation_runs.jsonl",

@@ -25,7 +25,6 @@ import torch
 from icg import ICGModule
 from icg.data import SyntheticDataModule
 from icg.model import build_backbone
-from icg.module import feature_map_size
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from truth import true_part_cells
 
@@ -72,7 +71,7 @@ def main() -> None:
             f"F_theta of {args.init or 'a random ResNet-18'}"
     norms = relative_norms(feature_fn, datamodule)
     paths = [record.path for record in datamodule.eval_records]
-    person = true_part_cells(paths, feature_map_size((128, 64))) > 0
+    person = true_part_cells(paths, norms.shape[1:]) > 0
     print(f"{source}; {len(paths)} test images of {args.data}; person cells "
           f"{person.mean():.0%}; AUC of the relative norm as a person detector {roc_auc(norms.ravel(), person.ravel()):.3f}")
     low = norms.reshape(len(norms), -1).min(axis=1)[:, None, None]

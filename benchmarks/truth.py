@@ -1,6 +1,6 @@
 """Measuring part maps against the synthetic generator's true part masks (shared by the benchmark scripts).
 
-Masks are sampled at the pixel that stands for each feature cell (:func:`icg.module.cell_centres`, the same
+Masks are sampled at the pixel that stands for each feature cell (:func:`icg.part_labels.cell_centers`, the same
 pixel the training step reads labels at), so a pseudo-label or a predicted part is compared with the body part
 drawn at the cell's centre: 0 background, 1 head, 2 upper body, 3 legs, 4 shoes, 5 bag.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from icg.data.synthetic import MASK_FOLDER, PART_LABELS
-from icg.module import cell_centres
+from icg.part_labels import cell_centers
 
 NUM_TRUE_LABELS = len(PART_LABELS)
 
@@ -24,7 +24,7 @@ def true_part_cells(paths: Sequence[str], label_size: tuple[int, int]) -> np.nda
     cells = []
     for path in map(Path, paths):
         mask = np.asarray(Image.open(path.parent.parent / MASK_FOLDER / path.parent.name / f"{path.stem}.png"))
-        rows, cols = cell_centres(label_size, mask.shape)
+        rows, cols = cell_centers(label_size, mask.shape)
         cells.append(mask[rows.numpy()][:, cols.numpy()])
     return np.stack(cells)
 

@@ -103,7 +103,7 @@ def identity_tensor_names(module: nn.Module) -> set[str]:
     buffers (one row per training image)."""
     names = {f"{name}.classifier.weight" for name, child in module.named_modules() if isinstance(child, BNNeck)}
     names |= {f"criterion.{name}" for name in getattr(module, "criterion", nn.Module()).state_dict()}
-    return names | {name for name in ("part_labels", "labelled") if name in module.state_dict()}
+    return names | {name for name in ("part_labels.labels", "part_labels.labeled") if name in module.state_dict()}
 
 
 def skip_identity_tensors(module: nn.Module, checkpoint: dict[str, Any]) -> list[str]:

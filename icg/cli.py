@@ -52,7 +52,8 @@ BASE_RECIPE = CONFIG_DIR / "base.yaml"
 
 # Model arguments that shape the weights: a checkpoint can only be loaded into a model built with its values.
 WEIGHT_SHAPING = (
-    "backbone", "num_parts", "use_afm", "use_ppc", "use_fsg", "foreground_from_parts", "gcn_layers", "output_stride"
+    "backbone", "num_parts", "use_afm", "use_ppc", "use_fsg", "foreground_from_parts", "attention_kernel", "gcn_layers",
+    "output_stride",
 )
 # Arguments held by the optimiser's state, which resuming (`fit --ckpt_path`) restores from the checkpoint.
 OPTIMIZER_STATE = ("lr", "weight_decay")

@@ -5,8 +5,9 @@ augmentation, model in eval mode) are L2-normalised and clustered into ``K`` clu
 numbered ``1..K`` from top to bottom by the mean row of their cells, background cells are ``0``. The pass reads
 ``F_g``, the map after the attention, with the rule of the training step's foreground target: a cell is
 foreground when its norm is at least ``fg_threshold`` of the image's largest
-(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. The labels go into the module's ``part_labels`` buffer
-(``uint8 [N, h, w]``) and ``labelled`` flags (``bool [N]``), where :class:`icg.ICGModule` reads them.
+(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. The labels go
+into the module's :class:`~icg.part_labels.PartLabels` (``uint8 [N, h, w]`` maps and ``bool [N]`` flags), where
+the training step reads them.
 
 Decisions the paper leaves open:
 
@@ -23,7 +24,7 @@ Decisions the paper leaves open:
   build that has GPUs, K-means runs on the process's own device (one ``StandardGpuResources`` per
   :class:`SphericalKMeans`, reused).
 * **Too few foreground cells.** An identity with fewer foreground cells than ``K`` is not clustered: its rows
-  are left unlabelled (``labelled = False``, labels 0), so the module falls back to ``K`` horizontal bands of
+  are left unlabeled (flag ``False``, labels 0), so the module falls back to ``K`` horizontal bands of
   the current foreground for them. One warning per pass gives their count.
 * **DDP.** The sorted identities are dealt out to ranks (``ids[rank::world_size]``); each rank extracts and
   clusters its own, fills zeros elsewhere, and the buffers are summed across ranks (as int32: not every backend
@@ -52,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from icg.contracts import ClusteringData, LabeledModel, require
 from icg.model import foreground_target
 
 __all__ = [
@@ -223,17 +225,17 @@ class ClusteringResult:
 
     Attributes:
         labels: ``uint8 [N, h, w]``: 0 background, ``1..K`` parts top to bottom; 0 in rows not clustered.
-        labelled: ``bool [N]``: the row holds clustering results.
+        labeled: ``bool [N]``: the row holds clustering results.
         foreground_cells: foreground cells of the images seen.
         total_cells: all cells of the images seen.
         part_cells: ``int64 [K]`` cells given each part ``1..K``.
         clustered_identities: identities clustered.
-        skipped_identities: identities with fewer foreground cells than ``K`` (left unlabelled).
+        skipped_identities: identities with fewer foreground cells than ``K`` (left unlabeled).
         seconds: wall time of the pass.
     """
 
     labels: Tensor
-    labelled: Tensor
+    labeled: Tensor
     foreground_cells: int = 0
     total_cells: int = 0
     part_cells: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
@@ -327,7 +329,7 @@ def cluster_part_labels(
     height, width = label_size
     result = ClusteringResult(
         labels=torch.zeros(len(dataset), height, width, dtype=torch.uint8),
-        labelled=torch.zeros(len(dataset), dtype=torch.bool),
+        labeled=torch.zeros(len(dataset), dtype=torch.bool),
         part_cells=torch.zeros(num_parts, dtype=torch.int64),
     )
     identities = sorted(set(int(pid) for pid in pids))
@@ -352,7 +354,7 @@ def cluster_part_labels(
             identity.rows, identity.masks, parts.split([int(m.sum()) for m in identity.masks])
         ):
             result.labels[row][mask] = cell_parts.to(torch.uint8)
-            result.labelled[row] = True
+            result.labeled[row] = True
         result.clustered_identities += 1
 
     loader = DataLoader(
@@ -411,7 +413,7 @@ class PartClustering(Callback):
 
     At the start of epochs ``0, n, 2n, ...`` the module is put in eval mode, the datamodule's
     ``cluster_dataset()`` (training images without augmentation) is streamed identity by identity, and the
-    module's ``part_labels``/``labelled`` buffers are replaced on every rank (see the module docstring). Logs
+    module's part labels are replaced on every rank (see the module docstring). Logs
     ``cluster/seconds``, ``cluster/foreground_share`` and ``cluster/part_share/k`` (share of the clustered
     foreground cells in part ``k``, ``k = 1..K``).
 
@@ -419,7 +421,7 @@ class PartClustering(Callback):
         every_n_epochs: ``n``, epochs between clusterings (the paper: 1; its appendix also uses 2).
         niter: K-means iterations.
         seed: fixed seed of the K-means seeding.
-        fg_threshold: foreground threshold; default the module's ``hparams.fg_threshold``.
+        fg_threshold: foreground threshold; default the module's ``fg_threshold``.
         batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
         num_workers: loader processes; default the datamodule's ``num_workers``.
 
@@ -484,12 +486,12 @@ class PartClustering(Callback):
         num_workers: int | None = None,
         progress: bool = False,
     ) -> ClusteringResult:
-        """Clusters ``dataset`` and writes the labels into ``module.part_labels`` and ``module.labelled``.
+        """Clusters ``dataset`` and writes the labels into ``module.part_labels``.
 
         Args:
-            module: has the buffers ``part_labels`` ``uint8 [N, h, w]`` and ``labelled`` ``bool [N]``,
-                ``hparams.num_parts`` (and ``hparams.fg_threshold`` unless given), and ``feature_maps(images)``
-                giving ``F_g`` ``[B, C, h, w]`` in the module's current mode.
+            module: a :class:`~icg.contracts.LabeledModel`: ``part_labels`` (:class:`~icg.part_labels.PartLabels`),
+                ``fg_threshold`` (unless the callback has its own) and ``feature_maps(images)`` giving ``F_g``
+                ``[B, C, h, w]`` in the module's current mode; an :class:`icg.ICGModule` with ``use_ppc=True``.
             dataset: ``N`` items, dicts with an ``"image"``; item ``i`` is row ``i``.
             pids: identity of each item.
             trainer: under DDP, shards the identities over its ranks and sums the labels across them.
@@ -499,21 +501,17 @@ class PartClustering(Callback):
         Returns:
             The labels and counts of all ranks (identical on every rank).
         """
-        for name in ("part_labels", "labelled"):
-            if not isinstance(getattr(module, name, None), Tensor):
-                raise TypeError(f"PartClustering: the module has no {name!r} buffer (an ICGModule with use_ppc=True?)")
-        if not callable(getattr(module, "feature_maps", None)):
-            raise TypeError("PartClustering: the module has no feature_maps(images) method giving F_g [B, C, h, w]")
-        num_rows = module.part_labels.shape[0]
-        if num_rows == 0:
-            raise ValueError("PartClustering: the module's part_labels has no rows; build it with use_ppc=True")
-        if num_rows != len(dataset):
+        require(module, LabeledModel, "PartClustering")
+        part_labels = module.part_labels
+        if len(part_labels) == 0:
+            raise ValueError("PartClustering: the module has no part labels (no training images); build it with use_ppc=True")
+        if len(part_labels) != len(dataset):
             raise ValueError(
-                f"PartClustering: the module has part labels for {num_rows} images but the clustering dataset "
+                f"PartClustering: the module has part labels for {len(part_labels)} images but the clustering dataset "
                 f"holds {len(dataset)}; set num_train_samples to the datamodule's"
             )
-        num_parts = int(module.hparams.num_parts)
-        fg_threshold = self.fg_threshold if self.fg_threshold is not None else float(module.hparams.fg_threshold)
+        num_parts = part_labels.num_parts
+        fg_threshold = self.fg_threshold if self.fg_threshold is not None else module.fg_threshold
         if num_workers is None:
             num_workers = self.num_workers or 0
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -528,7 +526,7 @@ class PartClustering(Callback):
                 dataset,
                 pids,
                 num_parts,
-                label_size=tuple(module.part_labels.shape[1:]),
+                label_size=part_labels.size,
                 fg_threshold=fg_threshold,
                 niter=self.niter,
                 seed=self.seed,
@@ -544,7 +542,7 @@ class PartClustering(Callback):
             module.train(was_training)
 
         labels = local.labels.to(device, torch.int32)
-        labelled = local.labelled.to(device, torch.int32)
+        labeled = local.labeled.to(device, torch.int32)
         counts = torch.tensor(
             [local.foreground_cells, local.total_cells, local.clustered_identities, local.skipped_identities],
             dtype=torch.int64,
@@ -554,14 +552,13 @@ class PartClustering(Callback):
             # each rank holds zeros outside its identities, so the sum is the union
             reduce = trainer.strategy.reduce
             labels = reduce(labels, reduce_op="sum")
-            labelled = reduce(labelled, reduce_op="sum")
+            labeled = reduce(labeled, reduce_op="sum")
             counts = reduce(counts, reduce_op="sum")
-        module.part_labels.copy_(labels)
-        module.labelled.copy_(labelled.bool())
+        part_labels.assign(labels, labeled.bool())
         counts = counts.cpu()
         result = ClusteringResult(
-            labels=module.part_labels,
-            labelled=module.labelled,
+            labels=part_labels.labels,
+            labeled=part_labels.labeled,
             foreground_cells=int(counts[0]),
             total_cells=int(counts[1]),
             clustered_identities=int(counts[2]),
@@ -572,7 +569,7 @@ class PartClustering(Callback):
         if result.skipped_identities and rank == 0:
             log.warning(
                 "PartClustering: %d of %d identities have fewer than num_parts=%d foreground cells; their images "
-                "stay unlabelled and use the horizontal-band fallback",
+                "stay unlabeled and use the horizontal-band fallback",
                 result.skipped_identities,
                 result.skipped_identities + result.clustered_identities,
                 num_parts,
@@ -589,11 +586,9 @@ class PartClustering(Callback):
                 rank_zero_info("PartClustering: the model has no part classifier (use_ppc=False); nothing to do")
             return
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "cluster_dataset"):
-            raise RuntimeError(
-                "PartClustering needs the Trainer's datamodule to be an icg ReIDDataModule (cluster_dataset(), "
-                "train_records); pass it as trainer.fit(model, datamodule=...)"
-            )
+        if datamodule is None:
+            raise RuntimeError("PartClustering needs the Trainer's datamodule: pass it as trainer.fit(model, datamodule=...)")
+        require(datamodule, ClusteringData, "PartClustering")
         num_workers = self.num_workers if self.num_workers is not None else datamodule.num_workers
         result = self.cluster(
             pl_module,

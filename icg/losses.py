@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.model.network import ICGOutput
+from icg.part_labels import IGNORE_INDEX
 
 __all__ = ["CenterLoss", "ICGLoss", "TripletLoss", "pixel_cross_entropy"]
 
@@ -111,7 +112,7 @@ class CenterLoss(nn.Module):
         return (features.float() - self.centers[targets].float()).pow(2).sum(dim=1).mean()
 
 
-def pixel_cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> Tensor:
+def pixel_cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Mean cross-entropy over the labelled cells of a map (``L_sep``, ``L_par``).
 
     Cells labelled ``ignore_index`` (padding, erased pixels, no pseudo-label yet) are left out; a map without a

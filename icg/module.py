@@ -1,14 +1,10 @@
 """``ICGModule``: the ICG network, its losses and BoT's training recipe as a LightningModule.
 
-Part pseudo-labels live here, in the buffer ``part_labels`` (one ``h x w`` map of uint8 per training image,
-0 = background, 1..K = parts top to bottom) with ``labelled`` saying which rows hold clustering results. The
-clustering callback (:class:`icg.clustering.PartClustering`) fills them; checkpoints carry them. A training
-batch's ``source`` map (see :mod:`icg.data.transforms`) tells, for each cell of the augmented image's feature
-map, which cell of the un-augmented image it shows, so that labels computed without augmentation are read at
-the right place after flips, crops and erasing. Rows without clustering results yet fall back to horizontal
-bands of the current foreground: with K bands over the image height, the coarse prior PCB-style models use.
-The foreground target of ``L_sep`` is computed online from the batch's ``F_g`` by the rule the clustering uses
-(see :mod:`icg.model.afm`); cells that show padding or an erased box are ignored by both pixel losses.
+Part pseudo-labels live here, in ``part_labels`` (:class:`icg.part_labels.PartLabels`): the clustering callback
+(:class:`icg.clustering.PartClustering`) fills them, checkpoints carry them and the training step reads each
+batch's targets from them through the batch's source maps. The foreground target of ``L_sep`` is computed
+online from the batch's ``F_g`` by the rule the clustering uses (see :mod:`icg.model.afm`); cells that show
+padding or an erased box are ignored by both pixel losses.
 
 Internal signals are logged so that a run shows whether its parts form: ``train/visible_parts`` (parts that
 are the arg-max of some cell, mean per image), ``train/part_entropy`` (mean entropy of the part probabilities,
@@ -30,7 +26,6 @@ clears their gradients before Adam runs. Optimisation stays automatic (one optim
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from typing import Any, Sequence
 
@@ -42,55 +37,12 @@ from torch import Tensor
 
 from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
-from icg.data.transforms import INVALID_SOURCE
 from icg.divergence import DivergenceGuard, check_finite_features
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
 from icg.model import ICGNet, ICGOutput, foreground_target, to_reid_features
-from icg.retrieval import ReIDFeatures
-
-IGNORE_INDEX = -100
-
-
-def cell_centres(size: Sequence[int], image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """The input pixel that stands for each cell of an ``h x w`` feature map of an ``H x W`` image: the centre of
-    the cell's ``H/h x W/w`` block, ``((i + 0.5) * H / h, (j + 0.5) * W / w)`` rounded down. Returns the rows
-    ``[h]`` and columns ``[w]``; the training step reads labels there and the ablation samples true masks there.
-    """
-    (h, w), (height, width) = size, image_size
-    rows = ((torch.arange(h) + 0.5) * height / h).long()
-    cols = ((torch.arange(w) + 0.5) * width / w).long()
-    return rows, cols
-
-
-def cell_sources(source: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-    """Where each feature cell of an augmented batch comes from in the un-augmented images.
-
-    Args:
-        source: ``[B, H, W]`` flat index into the un-augmented image of each input pixel, or -1 (padding,
-            erased); see :mod:`icg.data.transforms`.
-        size: ``(h, w)`` of the feature map.
-
-    Returns:
-        ``valid [B, h, w]`` bool (the cell's centre shows an image pixel), and the ``row`` and ``col``
-        ``[B, h, w]`` of that pixel in the un-augmented image (0 where not valid).
-    """
-    height, width = source.shape[-2:]
-    rows, cols = cell_centres(size, (height, width))
-    cell_source = source[:, rows.to(source.device)[:, None], cols.to(source.device)[None, :]]
-    valid = cell_source != INVALID_SOURCE
-    cell_source = cell_source.clamp_min(0)
-    return valid, cell_source // width, cell_source % width
-
-
-def feature_map_size(image_size: Sequence[int], output_stride: int = 16) -> tuple[int, int]:
-    """Height and width of the backbone map for an input of ``image_size``: every stride-2 stage of a
-    torchvision ResNet (stem conv, max-pool, layer2, layer3[, layer4]) rounds up."""
-    height, width = image_size
-    for _ in range(int(math.log2(output_stride))):
-        height, width = -(-height // 2), -(-width // 2)
-    return height, width
-
+from icg.features import ReIDFeatures
+from icg.part_labels import IGNORE_INDEX, PartLabels, cell_sources
 
 def warmup_multistep_factor(
     epoch: int, *, warmup_epochs: int, warmup_start: float, milestones: Sequence[int], gamma: float
@@ -109,7 +61,7 @@ class ICGModule(LightningModule):
 
     Args:
         num_classes: training identities (``datamodule.num_classes``).
-        num_train_samples: training images, the rows of ``part_labels`` (``datamodule.num_train_samples``);
+        num_train_samples: training images, the rows of :attr:`part_labels` (``datamodule.num_train_samples``);
             needed when ``use_ppc``.
         image_size: (height, width) of the input, which fixes the size of the part-label maps.
         backbone: ``resnet18/34/50/101``.
@@ -121,6 +73,7 @@ class ICGModule(LightningModule):
         foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
             (eq. 8-9); otherwise the AFM's own head (eq. 16). See :mod:`icg.model.network`.
         pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
+        attention_kernel: kernel size of the AFM's spatial attention.
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
         fg_threshold: a cell is foreground when the norm of its ``F_g`` is at least this share of the image's
@@ -153,6 +106,7 @@ class ICGModule(LightningModule):
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
         pixel_logit_scale: float = 16.0,
+        attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
         fg_threshold: float = 0.5,
@@ -190,6 +144,7 @@ class ICGModule(LightningModule):
             use_fsg=use_fsg,
             foreground_from_parts=foreground_from_parts,
             pixel_logit_scale=pixel_logit_scale,
+            attention_kernel=attention_kernel,
             gcn_layers=gcn_layers,
             output_stride=output_stride,
         )
@@ -204,9 +159,7 @@ class ICGModule(LightningModule):
             label_smoothing=label_smoothing,
         )
         rows = num_train_samples if use_ppc else 0
-        self.label_size = feature_map_size(image_size, output_stride)
-        self.register_buffer("part_labels", torch.zeros(rows, *self.label_size, dtype=torch.uint8))
-        self.register_buffer("labelled", torch.zeros(rows, dtype=torch.bool))
+        self.part_labels = PartLabels(rows, num_parts, self.net.backbone.output_size(image_size))
         self._epoch_visible_parts = torch.zeros(())
         self._visibility_warned = False
         self.val_metric = ReIDMetric(rerank=rerank)
@@ -235,48 +188,22 @@ class ICGModule(LightningModule):
         return self.net.feature_map(images.contiguous(memory_format=self.memory_format))
 
     # ---------------------------------------------------------------------------------------------- training
-    def part_targets(self, index: Tensor, source: Tensor, foreground: Tensor) -> Tensor:
-        """Part label of every feature cell of an augmented batch, read through its source map.
-
-        Args:
-            index: [B] rows of ``part_labels``.
-            source: [B, H, W] flat index into the un-augmented image of each input pixel, or -1.
-            foreground: [B, h, w] current foreground (0/1), used for rows not clustered yet.
-
-        Returns:
-            [B, h, w] long: 0 background, 1..K parts, ``IGNORE_INDEX`` where the cell shows padding or erasing.
-        """
-        height, width = source.shape[-2:]
-        h, w = foreground.shape[-2:]
-        if (h, w) != self.label_size:
-            raise ValueError(
-                f"ICGModule: the feature map is {h}x{w} but part labels are {self.label_size[0]}x"
-                f"{self.label_size[1]}; set image_size to the datamodule's ({height}x{width})"
-            )
-        valid, source_row, source_col = cell_sources(source, (h, w))
-        label_row, label_col = source_row * h // height, source_col * w // width
-        clustered = self.part_labels[index[:, None, None], label_row, label_col].long()
-        bands = 1 + source_row * self.hparams.num_parts // height
-        fallback = torch.where(foreground.bool(), bands, 0)
-        labels = torch.where(self.labelled[index][:, None, None], clustered, fallback)
-        return labels.masked_fill(~valid, IGNORE_INDEX)
-
     def pixel_targets(self, output: ICGOutput, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Targets of ``L_sep`` and ``L_par`` for a training batch (``None`` for a module that is off).
 
         The foreground target is the feature-norm rule (eq. 3) applied to the batch's ``F_g``; the part target is
-        read from the pseudo-labels through the source map (:meth:`part_targets`). Both are ``[B, h, w]`` long
-        with ``IGNORE_INDEX`` where a cell shows padding or an erased box.
+        read from the pseudo-labels through the source map (:meth:`icg.part_labels.PartLabels.targets`). Both are
+        ``[B, h, w]`` long with ``IGNORE_INDEX`` where a cell shows padding or an erased box.
         """
         if not (self.net.use_afm or self.net.use_ppc):
             return None, None
-        foreground = foreground_target(output.feature_map, self.hparams.fg_threshold)
+        foreground = foreground_target(output.feature_map, self.fg_threshold)
         fg_target = part_target = None
         if self.net.use_afm:
             valid = cell_sources(batch["source"], foreground.shape[-2:])[0]
             fg_target = foreground.masked_fill(~valid, IGNORE_INDEX)
         if self.net.use_ppc:
-            part_target = self.part_targets(batch["index"], batch["source"], foreground)
+            part_target = self.part_labels.targets(batch["index"], batch["source"], foreground)
         return fg_target, part_target
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -293,20 +220,20 @@ class ICGModule(LightningModule):
     def _part_signals(self, output: ICGOutput, fg_target: Tensor | None, part_target: Tensor | None) -> dict:
         signals = {}
         if fg_target is not None:
-            labelled = fg_target != IGNORE_INDEX
-            signals["train/foreground_share"] = (fg_target == 1).sum() / labelled.sum().clamp_min(1)
+            scored = fg_target != IGNORE_INDEX
+            signals["train/foreground_share"] = (fg_target == 1).sum() / scored.sum().clamp_min(1)
         if output.part_logits is not None:
             visible = output.visibility.float().sum(dim=1)
             self._epoch_visible_parts = self._epoch_visible_parts.to(visible.device) + visible.sum()
             log_prob = output.part_logits.float().log_softmax(dim=1)
-            labelled = part_target != IGNORE_INDEX
-            correct = (output.part_logits.argmax(dim=1) == part_target) & labelled
+            scored = part_target != IGNORE_INDEX
+            correct = (output.part_logits.argmax(dim=1) == part_target) & scored
             signals["train/visible_parts"] = visible.mean()
             signals["train/part_entropy"] = -(log_prob.exp() * log_prob).sum(dim=1).mean()
-            signals["train/part_accuracy"] = correct.sum() / labelled.sum().clamp_min(1)
+            signals["train/part_accuracy"] = correct.sum() / scored.sum().clamp_min(1)
             if fg_target is not None:
                 # do the pseudo-labels (clustered at epoch start) and the online foreground target agree?
-                both = labelled & (fg_target != IGNORE_INDEX)
+                both = scored & (fg_target != IGNORE_INDEX)
                 agree = ((part_target > 0) == (fg_target == 1)) & both
                 signals["train/foreground_agreement"] = agree.sum() / both.sum().clamp_min(1)
         if self.net.graph is not None:
@@ -320,7 +247,7 @@ class ICGModule(LightningModule):
         if not self.net.use_ppc or self._visibility_warned:
             return
         visible = self.trainer.strategy.reduce(self._epoch_visible_parts, reduce_op="sum")
-        if bool(self.labelled.any()) and float(visible) == 0.0:
+        if bool(self.part_labels.labeled.any()) and float(visible) == 0.0:
             self._visibility_warned = True
             rank_zero_warn(
                 f"ICGModule: no part was visible in any training image of epoch {self.current_epoch} (the part "
@@ -334,6 +261,11 @@ class ICGModule(LightningModule):
         # divergence guard and atomic checkpoints, unless the Trainer already has one (the user's then wins).
         wanted = [AtomicCheckpointing, DivergenceGuard] + ([PartClustering] if self.net.use_ppc else [])
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in self.trainer.callbacks)]
+
+    @property
+    def fg_threshold(self) -> float:
+        """The foreground rule's threshold (eq. 3), shared by the training target and the part clustering."""
+        return float(self.hparams.fg_threshold)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # evaluation and prediction need the network only: a checkpoint trained on other identities (another

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from icg.contracts import PredictionData, require
 from icg.data.transforms import eval_transform, image_files, load_images
 from icg.divergence import NonFiniteFeaturesError, check_finite_features
 from icg.features import ReIDFeatures
@@ -50,6 +51,7 @@ class FeatureWriter(BasePredictionWriter):
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
         index = torch.cat([batch["index"] for batch in batches]).cpu()
         features = ReIDFeatures.cat([batch["features"] for batch in batches])[index.argsort()]
+        require(trainer.datamodule, PredictionData, "FeatureWriter")
         records = trainer.datamodule.predict_records
         positions = index.sort().values.tolist()
         check_finite_features(features, "icg predict", [records[i].path for i in positions])

@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks, make_grid
 
+from icg.contracts import PicturedModel, ReIDData, require
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images
 from icg.features import ReIDFeatures
 from icg.files import atomic_write
@@ -227,6 +228,8 @@ class VisualizationCallback(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.datamodule is None:
             return
+        require(pl_module, PicturedModel, "VisualizationCallback")
+        require(trainer.datamodule, ReIDData, "VisualizationCallback")
         # trainer.log_dir broadcasts under DDP: every rank must ask for it
         self._draw(trainer, pl_module, Path(trainer.log_dir or trainer.default_root_dir) / "pictures")
 
@@ -261,8 +264,8 @@ class VisualizationCallback(Callback):
             attention = attention / attention.flatten(1).amax(dim=1)[:, None, None]
         labels = None
         if output.part_logits is not None and len(pl_module.part_labels):
-            labels = pl_module.part_labels[torch.tensor(indices, device=pl_module.device)]
-        num_parts = pl_module.net.num_parts
+            labels = pl_module.part_labels.labels[torch.tensor(indices, device=pl_module.device)]
+        num_parts = pl_module.part_labels.num_parts
         return part_maps(images, num_parts=num_parts, pseudo_labels=labels, part_logits=output.part_logits,
                          foreground=fg, attention=attention)
 

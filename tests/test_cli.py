@@ -93,7 +93,7 @@ def test_fit_writes_checkpoints_config_and_pictures(fitted: Path) -> None:
     run = next((fitted / "runs" / "lightning_logs").iterdir())
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert bool(checkpoint["state_dict"]["labelled"].all())  # the clustering ran and its labels are saved
+    assert bool(checkpoint["state_dict"]["part_labels.labeled"].all())  # the clustering ran and its labels are saved
     parts = Image.open(run / "pictures" / "epoch000_parts.png")
     # 6 images x 5 columns (image, pseudo-labels, predicted parts, foreground, attention), enlarged 4x to be
     # 128 wide, 2 px padding; a title strip (22 px) above, a colour key below

@@ -28,6 +28,7 @@ from icg.clustering import (
 )
 from icg.data import SyntheticDataModule
 from icg.module import ICGModule
+from icg.part_labels import PartLabels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,14 +79,13 @@ def band_maps(
 
 
 class FakeModule(LightningModule):
-    """The surface :class:`PartClustering` needs: label buffers, ``hparams`` and ``feature_maps``."""
+    """The surface :class:`PartClustering` needs (:class:`icg.contracts.LabeledModel`)."""
+
+    fg_threshold = 0.5
 
     def __init__(self, num_rows: int, label_size: tuple[int, int], num_parts: int = 3) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.hparams.fg_threshold = 0.5
-        self.register_buffer("part_labels", torch.zeros(num_rows, *label_size, dtype=torch.uint8))
-        self.register_buffer("labelled", torch.zeros(num_rows, dtype=torch.bool))
+        self.part_labels = PartLabels(num_rows, num_parts, label_size)
         self.modes: list[bool] = []
 
     def feature_maps(self, images: Tensor) -> Tensor:
@@ -160,7 +160,7 @@ def test_bands_are_numbered_top_to_bottom_whatever_the_cluster_ids(shift: int) -
     result = cluster_part_labels(
         identity, MapDataset(maps), pids, 3, label_size=(12, 4), batch_size=5, kmeans=RenamingKMeans(3, shift)
     )
-    assert result.labelled.all()
+    assert result.labeled.all()
     assert torch.equal(result.labels, torch.stack(expected))
     assert result.clustered_identities == 4 and result.skipped_identities == 0
     fg_cells = sum(int((e > 0).sum()) for e in expected)
@@ -189,9 +189,9 @@ def test_shards_cover_disjoint_identities_and_sum_to_the_whole() -> None:
     shards = [
         cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), rank=r, world_size=2) for r in range(2)
     ]
-    assert not (shards[0].labelled & shards[1].labelled).any()
+    assert not (shards[0].labeled & shards[1].labeled).any()
     assert torch.equal(shards[0].labels + shards[1].labels, whole.labels)
-    assert torch.equal(shards[0].labelled | shards[1].labelled, whole.labelled)
+    assert torch.equal(shards[0].labeled | shards[1].labeled, whole.labeled)
 
 
 def test_same_seed_same_labels_and_the_seed_matters() -> None:
@@ -203,14 +203,14 @@ def test_same_seed_same_labels_and_the_seed_matters() -> None:
     def run(seed: int) -> Tensor:
         module = FakeModule(len(maps), (8, 4))
         PartClustering(seed=seed).cluster(module, dataset, pids)
-        return module.part_labels.clone()
+        return module.part_labels.labels.clone()
 
     first = run(0)
     assert torch.equal(first, run(0))
     assert any(not torch.equal(first, run(seed)) for seed in range(1, 5))
 
 
-def test_too_few_foreground_cells_leaves_rows_unlabelled_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_too_few_foreground_cells_leaves_rows_unlabeled_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     maps, pids = band_maps(2, seed=30)[0], [0, 0]
     for pid in (1, 2):
         # one image with only two foreground cells: fewer than K = 3
@@ -222,8 +222,8 @@ def test_too_few_foreground_cells_leaves_rows_unlabelled_and_warns_once(caplog: 
     module.train()
     with caplog.at_level(logging.WARNING, logger="icg.clustering"):
         result = PartClustering().cluster(module, MapDataset(maps), pids)
-    assert module.labelled.tolist() == [True, True, False, False]
-    assert not module.part_labels[2:].any()
+    assert module.part_labels.labeled.tolist() == [True, True, False, False]
+    assert not module.part_labels.labels[2:].any()
     assert result.skipped_identities == 2 and result.clustered_identities == 1
     records = [r for r in caplog.records if r.name == "icg.clustering"]
     assert len(records) == 1 and "2 of 3 identities" in records[0].getMessage()
@@ -307,7 +307,7 @@ class LabelSnapshots(Callback):
         self.labels: dict[int, Tensor] = {}
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.labels[trainer.current_epoch] = pl_module.part_labels.clone()
+        self.labels[trainer.current_epoch] = pl_module.part_labels.labels.clone()
 
 
 def fit(module: ICGModule, root: Path, workdir: Path, callbacks: list[Callback], max_epochs: int,
@@ -330,12 +330,12 @@ def test_resume_keeps_labels_and_the_schedule(synthetic_root: Path, tmp_path: Pa
     module = make_module(datamodule)
     trainer = fit(module, synthetic_root, tmp_path, [clustering, SaveAtEpochStart(checkpoint)], max_epochs=1)
     assert clustering.clustered_at == [0]
-    assert module.labelled.all() and module.part_labels.any()
+    assert module.part_labels.labeled.all() and module.part_labels.labels.any()
     for k in range(1, 4):
         assert f"cluster/part_share/{k}" in trainer.callback_metrics
     assert 0.0 < float(trainer.callback_metrics["cluster/foreground_share"]) <= 1.0
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    assert saved["state_dict"]["labelled"].all()
+    assert saved["state_dict"]["part_labels.labeled"].all()
 
     resumed = RecordingClustering(every_n_epochs=2, batch_size=64)
     snapshots = LabelSnapshots()
@@ -345,8 +345,8 @@ def test_resume_keeps_labels_and_the_schedule(synthetic_root: Path, tmp_path: Pa
     # clustered again; epoch 2 is
     assert 0 in snapshots.labels
     assert resumed.clustered_at == [2]
-    assert torch.equal(snapshots.labels[0], saved["state_dict"]["part_labels"])
-    assert torch.equal(snapshots.labels[1], saved["state_dict"]["part_labels"])
+    assert torch.equal(snapshots.labels[0], saved["state_dict"]["part_labels.labels"])
+    assert torch.equal(snapshots.labels[1], saved["state_dict"]["part_labels.labels"])
 
 
 @pytest.mark.slow
@@ -358,10 +358,10 @@ def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_pat
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     reference = torch.load(tmp_path / "single.pt")
-    assert reference["labelled"].all() and reference["part_labels"].any()
+    assert reference["labeled"].all() and reference["labels"].any()
     for rank in ranks:
-        assert torch.equal(rank["part_labels"], reference["part_labels"])
-        assert torch.equal(rank["labelled"], reference["labelled"])
+        assert torch.equal(rank["labels"], reference["labels"])
+        assert torch.equal(rank["labeled"], reference["labeled"])
     # both ranks took part: each clustered a disjoint, non-empty share of the identities
     assert all(rank["local_identities"] > 0 for rank in ranks)
     assert sum(rank["local_identities"] for rank in ranks) == reference["identities"] == 4
@@ -372,3 +372,17 @@ def test_callback_does_nothing_for_a_model_without_parts() -> None:
                     use_fsg=False)
     trainer = SimpleNamespace(current_epoch=0, datamodule=None)
     PartClustering().on_train_epoch_start(trainer, bot)  # no datamodule needed, no error
+
+
+def test_a_module_without_part_labels_is_named() -> None:
+    class Plain(LightningModule):
+        fg_threshold = 0.5
+
+        def feature_maps(self, images: Tensor) -> Tensor:
+            return images
+
+    with pytest.raises(TypeError, match="PartClustering needs a LabeledModel.*Plain has no part_labels"):
+        PartClustering().cluster(Plain(), MapDataset([torch.ones(2, 4, 2)]), [0])
+    trainer = SimpleNamespace(current_epoch=0, datamodule=SimpleNamespace(num_workers=0))
+    with pytest.raises(TypeError, match="ClusteringData.*SimpleNamespace has no cluster_dataset, train_records"):
+        PartClustering().on_train_epoch_start(trainer, FakeModule(2, (4, 2)))

@@ -4,60 +4,15 @@ import pytest
 import torch
 
 from icg.losses import pixel_cross_entropy
-from icg.module import IGNORE_INDEX, ICGModule, cell_centres, feature_map_size, warmup_multistep_factor
+from icg.module import ICGModule, warmup_multistep_factor
 from icg.model import build_backbone
+from icg.part_labels import IGNORE_INDEX
 
 H, W = 64, 32  # feature map 4 x 2 at output stride 16
 
 
-@pytest.fixture(scope="module")
-def module() -> ICGModule:
-    module = ICGModule(num_classes=4, num_train_samples=2, image_size=(H, W), backbone="resnet18",
-                       pretrained=False, num_parts=3)
-    module.part_labels[0] = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=torch.uint8)
-    module.labelled[0] = True
-    return module
-
-
 def _identity_source() -> torch.Tensor:
     return torch.arange(H * W).view(1, H, W)
-
-
-def _targets(module: ICGModule, source: torch.Tensor, index: int = 0, foreground=None) -> list[list[int]]:
-    foreground = torch.ones(1, 4, 2, dtype=torch.long) if foreground is None else foreground
-    return module.part_targets(torch.tensor([index]), source, foreground)[0].tolist()
-
-
-def test_labels_read_through_an_identity_source_map(module: ICGModule) -> None:
-    assert _targets(module, _identity_source()) == [[1, 2], [3, 4], [5, 6], [7, 8]]
-
-
-def test_labels_follow_a_flip(module: ICGModule) -> None:
-    assert _targets(module, _identity_source().flip(2)) == [[2, 1], [4, 3], [6, 5], [8, 7]]
-
-
-def test_labels_follow_a_crop_and_ignore_padding(module: ICGModule) -> None:
-    # the crop window starts 16 rows lower: output row y shows input row y + 16, the last 16 rows are padding
-    rows = torch.arange(H)[:, None] + 16
-    source = torch.where(rows < H, rows * W + torch.arange(W)[None, :], -1)[None]
-    assert _targets(module, source) == [[3, 4], [5, 6], [7, 8], [IGNORE_INDEX, IGNORE_INDEX]]
-
-
-def test_erased_cells_are_ignored(module: ICGModule) -> None:
-    source = _identity_source().clone()
-    source[0, 0:16, 16:32] = -1  # covers the centre (8, 24) of cell (0, 1)
-    assert _targets(module, source) == [[1, IGNORE_INDEX], [3, 4], [5, 6], [7, 8]]
-
-
-def test_unclustered_rows_fall_back_to_bands_of_the_foreground(module: ICGModule) -> None:
-    foreground = torch.tensor([[[1, 0], [1, 1], [0, 1], [1, 1]]])
-    # cell centres at rows 8, 24, 40, 56 of 64 -> bands 1 + row * 3 // 64 = 1, 2, 2, 3
-    assert _targets(module, _identity_source(), index=1, foreground=foreground) == [[1, 0], [2, 2], [0, 2], [3, 3]]
-
-
-def test_cell_centres_hand_case() -> None:
-    rows, cols = cell_centres((4, 2), (64, 32))
-    assert rows.tolist() == [8, 24, 40, 56] and cols.tolist() == [8, 24]
 
 
 def test_foreground_target_ignores_padding_and_erased_cells() -> None:
@@ -134,11 +89,14 @@ def test_weight_decay_is_decoupled_from_the_loss_weights() -> None:
 
 
 @pytest.mark.parametrize(("image_size", "stride"), [((256, 128), 16), ((250, 100), 16), ((64, 32), 8), ((97, 45), 8)])
-def test_feature_map_size_matches_the_backbone(image_size, stride) -> None:
+def test_the_part_labels_have_the_size_of_the_backbone_map(image_size, stride) -> None:
     backbone = build_backbone("resnet50" if stride == 8 else "resnet18", pretrained=False, output_stride=stride)
     with torch.no_grad():
         out = backbone(torch.zeros(1, 3, *image_size))
-    assert feature_map_size(image_size, stride) == tuple(out.shape[-2:])
+    assert backbone.output_size(image_size) == tuple(out.shape[-2:])
+    module = ICGModule(num_classes=2, num_train_samples=3, image_size=image_size, backbone="resnet18",
+                       pretrained=False, num_parts=4, output_stride=16)
+    assert module.part_labels.size == build_backbone("resnet18", pretrained=False).output_size(image_size)
 
 
 def test_bot_schedule() -> None:
@@ -152,7 +110,7 @@ def test_bot_schedule() -> None:
 def test_bot_mode_has_no_part_buffers_and_one_branch() -> None:
     bot = ICGModule(num_classes=5, backbone="resnet18", pretrained=False,
                     use_afm=False, use_ppc=False, use_fsg=False)
-    assert bot.part_labels.numel() == 0 and list(bot.net.branch_dims) == ["global"]
+    assert len(bot.part_labels) == 0 and list(bot.net.branch_dims) == ["global"]
 
 
 def test_ppc_without_sample_count_is_a_clear_error() -> None:

@@ -63,6 +63,9 @@ class SpatialAttention(nn.Module):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        # Starts neutral (S_A = 1 everywhere, F_g = F_theta): a random start would rescale the cells of a pretrained
+        # backbone at random before the first clustering reads them.
+        nn.init.zeros_(self.conv.weight)
 
     def forward(self, feature_map: Tensor) -> Tensor:
         pooled = torch.cat(

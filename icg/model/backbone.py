@@ -27,9 +27,10 @@ Weights (``pretrained``)
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.error import URLError
 from urllib.parse import urlparse
 
@@ -204,6 +205,15 @@ class ResNetBackbone(nn.Module):
         self.layer2 = resnet.layer2
         self.layer3 = resnet.layer3
         self.layer4 = resnet.layer4
+
+    def output_size(self, image_size: Sequence[int]) -> tuple[int, int]:
+        """``(h, w)`` of the map for an input of ``image_size``: every stride-2 stage of a torchvision ResNet (stem
+        convolution, max-pool, then ``layer2``, ``layer3``, ``layer4`` as far as the output stride keeps them)
+        rounds up."""
+        height, width = image_size
+        for _ in range(int(math.log2(self.output_stride))):
+            height, width = -(-height // 2), -(-width // 2)
+        return height, width
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))

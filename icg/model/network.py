@@ -125,6 +125,7 @@ class ICGNet(nn.Module):
             (eq. 16); see the module docstring. Without the PPC the head is used either way.
         pixel_logit_scale: ``s``, the logit scale of the part classifier and the foreground head (see
             :mod:`icg.model.ppc`).
+        attention_kernel: kernel size of the AFM's spatial attention (CBAM: 7).
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
         pool_eps: added to the weight sums of the weighted mean pooling.
@@ -145,6 +146,7 @@ class ICGNet(nn.Module):
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
         pixel_logit_scale: float = 16.0,
+        attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
         pool_eps: float = 1e-6,
@@ -169,7 +171,7 @@ class ICGNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
         channels = self.backbone.out_channels
         self.out_channels = channels
-        self.attention = SpatialAttention() if use_afm else None
+        self.attention = SpatialAttention(kernel_size=attention_kernel) if use_afm else None
         self.foreground_head = (
             ForegroundHead(channels, logit_scale=pixel_logit_scale) if use_afm and not self.foreground_from_parts else None
         )

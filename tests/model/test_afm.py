@@ -27,12 +27,18 @@ def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 def test_spatial_attention_matches_reference() -> None:
     torch.manual_seed(0)
     attention = SpatialAttention()
+    torch.nn.init.normal_(attention.conv.weight, std=0.2)
     x = torch.randn(2, 5, 6, 4, dtype=torch.float64)
     attention.double()
     expected = _numpy_spatial_attention(x.numpy(), attention.conv.weight.detach().numpy())
     out = attention(x)
     assert out.shape == (2, 1, 6, 4)
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_spatial_attention_starts_neutral() -> None:
+    weights = SpatialAttention()(torch.rand(2, 8, 6, 4) * 10)
+    torch.testing.assert_close(weights, torch.ones(2, 1, 6, 4))
 
 
 def test_spatial_attention_cannot_shrink_the_map() -> None:

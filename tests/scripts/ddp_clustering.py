@@ -1,7 +1,7 @@
 """Two-process DDP run (CPU, gloo) of :class:`icg.clustering.PartClustering`, for ``tests/test_clustering.py``.
 
 Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR`` where ``DATA_ROOT`` holds the synthetic data of
-the test's datamodule. One epoch clusters at its start; each rank then saves its ``part_labels``, ``labelled`` and
+the test's datamodule. One epoch clusters at its start; each rank then saves its ``labels``, ``labeled`` and
 the number of identities it clustered itself to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the
 initial model in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
 
@@ -64,7 +64,7 @@ def main(root: str, out: Path) -> None:
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(
-        {"part_labels": module.part_labels, "labelled": module.labelled, "local_identities": local_identities[0]},
+        {**module.part_labels.state_dict(), "local_identities": local_identities[0]},
         out / f"rank{trainer.global_rank}.pt",
     )
     if trainer.global_rank == 0:
@@ -73,7 +73,7 @@ def main(root: str, out: Path) -> None:
         pids = [record.pid for record in datamodule.train_records]
         result = PartClustering(batch_size=1).cluster(single, datamodule.cluster_dataset(), pids)
         torch.save(
-            {"part_labels": single.part_labels, "labelled": single.labelled, "identities": result.clustered_identities},
+            {**single.part_labels.state_dict(), "identities": result.clustered_identities},
             out / "single.pt",
         )
 
