@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both create (or reuse) the virtual environment
+# The two commands of the README: `make demo` and `make test` (which runs `make lint` first). Both create (or reuse) the virtual environment
 # $(VENV) and install the project into it from this folder's own files.
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.icg-installed
 
-.PHONY: install test demo clean
+.PHONY: install lint test demo clean
 
 install: $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-test: install
+# ruff's version is pinned in pyproject.toml (dev extra): formatting changes between releases
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

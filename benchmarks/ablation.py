@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-
-from icg import ICGModule, PartClustering, SyntheticDataModule
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from truth import NUM_TRUE_LABELS, label_quality, true_part_cells
+
+from icg import ICGModule, PartClustering, SyntheticDataModule
 
 
 @dataclass(frozen=True)
@@ -58,19 +57,22 @@ RUNS = {
 TABLES = {
     "Modules (paper Table 2; K = 6)": ["BoT", "+AFM", "+PPC", "+PPC+FSG", "ICG-K6"],
     "Number of parts (paper Table 3; full ICG)": [f"ICG-K{k}" for k in range(3, 8)],
-    "Foreground of eq. 8 (union of the parts, default) against eq. 16 (the AFM's own head)": ["ICG-K6",
-                                                                                              "ICG-K6-eq16"],
-    "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6",
-                                                                                          "ICG-true-parts"],
+    "Foreground of eq. 8 (union of the parts, default) against eq. 16 (the AFM's own head)": ["ICG-K6", "ICG-K6-eq16"],
+    "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
 COLUMNS = [  # key, header, format
-    ("mAP", "mAP", "pm"), ("rank1", "Rank-1", "pm"),
+    ("mAP", "mAP", "pm"),
+    ("rank1", "Rank-1", "pm"),
     ("visible_parts", "visible parts / test image", "{:.2f}"),
-    ("test_fg_precision", "test fg precision", "{:.0%}"), ("test_purity", "test part purity", "{:.0%}"),
+    ("test_fg_precision", "test fg precision", "{:.0%}"),
+    ("test_purity", "test part purity", "{:.0%}"),
     ("test_order", "test top-to-bottom", "{:.0%}"),
-    ("fg_share", "pseudo-fg share", "{:.0%}"), ("fg_precision", "pseudo-fg precision", "{:.0%}"),
-    ("fg_recall", "pseudo-fg recall", "{:.0%}"), ("purity", "pseudo-part purity", "{:.0%}"),
-    ("adjacency_deviation", "adjacency |M - 0.5|", "{:.3f}"), ("minutes", "min / run", "{:.1f}"),
+    ("fg_share", "pseudo-fg share", "{:.0%}"),
+    ("fg_precision", "pseudo-fg precision", "{:.0%}"),
+    ("fg_recall", "pseudo-fg recall", "{:.0%}"),
+    ("purity", "pseudo-part purity", "{:.0%}"),
+    ("adjacency_deviation", "adjacency |M - 0.5|", "{:.3f}"),
+    ("minutes", "min / run", "{:.1f}"),
 ]
 ANALYSIS_MARKER = "<!-- analysis: kept when the tables are rewritten -->"
 
@@ -111,21 +113,47 @@ def test_part_maps(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[
 def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     variant = RUNS[name]
     pl.seed_everything(seed, workers=True, verbose=False)
-    datamodule = SyntheticDataModule(str(args.data), num_train_ids=args.train_ids, num_test_ids=args.test_ids,
-                                     generator_seed=args.generator_seed, image_size=(128, 64), num_identities=8,
-                                     num_instances=4, num_workers=args.workers, seed=seed)
-    recipe = dict(fg_threshold=args.fg_threshold, lr=1e-3, warmup_epochs=1, milestones=(args.epochs - 2,),
-                  channels_last=True)
-    module = ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-                       image_size=(128, 64), backbone="resnet18", pretrained=str(args.init) if args.init else False,
-                       num_parts=variant.num_parts, use_afm=variant.use_afm, use_ppc=variant.use_ppc,
-                       use_fsg=variant.use_fsg, foreground_from_parts=variant.foreground_from_parts,
-                       **{**recipe, **args.model_args})
+    datamodule = SyntheticDataModule(
+        str(args.data),
+        num_train_ids=args.train_ids,
+        num_test_ids=args.test_ids,
+        generator_seed=args.generator_seed,
+        image_size=(128, 64),
+        num_identities=8,
+        num_instances=4,
+        num_workers=args.workers,
+        seed=seed,
+    )
+    recipe = dict(
+        fg_threshold=args.fg_threshold, lr=1e-3, warmup_epochs=1, milestones=(args.epochs - 2,), channels_last=True
+    )
+    module = ICGModule(
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=(128, 64),
+        backbone="resnet18",
+        weights=str(args.init) if args.init else None,
+        num_parts=variant.num_parts,
+        use_afm=variant.use_afm,
+        use_ppc=variant.use_ppc,
+        use_fsg=variant.use_fsg,
+        foreground_from_parts=variant.foreground_from_parts,
+        **{**recipe, **args.model_args},
+    )
     labels = TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, use_distributed_sampler=False,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         callbacks=[labels])
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="auto",
+        devices=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[labels],
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
@@ -155,8 +183,7 @@ def mean_spread(values: list[float]) -> str:
 
 
 def table(rows: dict[str, list[dict]], names: list[str]) -> list[str]:
-    lines = ["| run | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = ["| run | " + " | ".join(header for _, header, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name in names:
         entries = rows.get(name, [])
         if not entries:
@@ -206,7 +233,7 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
             if any(name in rows for name in names):
                 text += ["", f"## {title}, {init} (seeds {', '.join(map(str, seeds))})", "", *table(rows, names)]
     previous = args.output.read_text() if args.output.exists() else ""
-    analysis = previous[previous.index(ANALYSIS_MARKER):] if ANALYSIS_MARKER in previous else ANALYSIS_MARKER + "\n"
+    analysis = previous[previous.index(ANALYSIS_MARKER) :] if ANALYSIS_MARKER in previous else ANALYSIS_MARKER + "\n"
     args.output.write_text("\n".join(text) + "\n\n" + analysis)
 
 
@@ -214,21 +241,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--init", type=Path, default=None,
-                        help="backbone weights to start from (the stand-in); default: from scratch")
+    parser.add_argument(
+        "--init", type=Path, default=None, help="backbone weights to start from (the stand-in); default: from scratch"
+    )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--fg-threshold", type=float, default=0.5)
-    parser.add_argument("--generator-seed", type=int, default=0,
-                        help="the population (the stand-in is pretrained on seed 1000)")
+    parser.add_argument(
+        "--generator-seed", type=int, default=0, help="the population (the stand-in is pretrained on seed 1000)"
+    )
     parser.add_argument("--train-ids", type=int, default=80)
     parser.add_argument("--test-ids", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model-args", type=json.loads, default={},
-                        help='other ICGModule arguments for every run, as JSON: \'{"attention_kernel": 3}\'')
+    parser.add_argument(
+        "--model-args",
+        type=json.loads,
+        default={},
+        help="other ICGModule arguments for every run, as JSON: '{\"attention_kernel\": 3}'",
+    )
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-ablation"))
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "RESULTS.md")
-    parser.add_argument("--log", type=Path, default=Path(__file__).parent / "ablation_runs.jsonl",
-                        help="one JSON line per finished run; finished runs are not repeated")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path(__file__).parent / "ablation_runs.jsonl",
+        help="one JSON line per finished run; finished runs are not repeated",
+    )
     args = parser.parse_args()
     print(f"Machine: {describe()}", flush=True)
     init = "stand-in" if args.init else "scratch"

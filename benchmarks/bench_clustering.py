@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from icg.clustering import ClusteringResult, PartClustering, SphericalKMeans, cluster_part_labels
 from icg.data import SyntheticDataModule
 from icg.module import ICGModule
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 CHANNELS, HEIGHT, WIDTH = 2048, 16, 8
 POOL = 32  # noise maps reused across images: drawing 1 MiB of noise per image would dominate the pass
@@ -80,10 +80,12 @@ class Workload(Dataset):
         middle 4 columns) the identity's part prototype of their band (norm 1) plus noise of norm ~0.5."""
         pids, index = items[:, 0], items[:, 1]
         out = 0.1 * self.noise[index % POOL]
-        prototypes = torch.stack([
-            torch.from_numpy(np.random.default_rng(pid).standard_normal((num_parts, CHANNELS), dtype=np.float32))
-            for pid in pids.tolist()
-        ])
+        prototypes = torch.stack(
+            [
+                torch.from_numpy(np.random.default_rng(pid).standard_normal((num_parts, CHANNELS), dtype=np.float32))
+                for pid in pids.tolist()
+            ]
+        )
         prototypes /= prototypes.norm(dim=2, keepdim=True)
         # the person moves up or down a row between images
         rows = (torch.arange(HEIGHT)[None] + (index % 3 - 1)[:, None]).clamp(0, HEIGHT - 1)
@@ -109,8 +111,14 @@ def run_workload(num_ids: int, num_parts: int, niter: int) -> tuple[float, Timed
     kmeans = TimedKMeans(num_parts, niter=niter)
     start = time.perf_counter()
     result = cluster_part_labels(
-        lambda items: workload.maps(items, num_parts), workload, workload.pids, num_parts,
-        label_size=(HEIGHT, WIDTH), niter=niter, batch_size=128, kmeans=kmeans,
+        lambda items: workload.maps(items, num_parts),
+        workload,
+        workload.pids,
+        num_parts,
+        label_size=(HEIGHT, WIDTH),
+        niter=niter,
+        batch_size=128,
+        kmeans=kmeans,
     )
     return time.perf_counter() - start, kmeans, result
 
@@ -156,19 +164,35 @@ class TimedClustering(PartClustering):
 def bench_epoch(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as root:
         datamodule = SyntheticDataModule(
-            root=str(Path(root) / "synthetic"), num_train_ids=args.epoch_ids, num_test_ids=4,
-            image_size=(256, 128), num_identities=4, num_instances=4, num_workers=0,
+            root=str(Path(root) / "synthetic"),
+            num_train_ids=args.epoch_ids,
+            num_test_ids=4,
+            image_size=(256, 128),
+            num_identities=4,
+            num_instances=4,
+            num_workers=0,
         )
         torch.manual_seed(0)
         module = ICGModule(
-            num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-            backbone="resnet18", pretrained=False, num_parts=args.parts,
+            num_classes=datamodule.num_classes,
+            num_train_samples=datamodule.num_train_samples,
+            backbone="resnet18",
+            weights=None,
+            num_parts=args.parts,
         )
         clustering, timer = TimedClustering(niter=args.niter, batch_size=64), EpochTimer()
         trainer = Trainer(
-            accelerator="cpu", devices=1, max_epochs=args.epochs, limit_val_batches=0, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=root,
+            accelerator="cpu",
+            devices=1,
+            max_epochs=args.epochs,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
             callbacks=[clustering, timer],
         )
         trainer.fit(module, datamodule=datamodule)
@@ -195,10 +219,17 @@ def memory_child(num_ids: int, num_parts: int, niter: int) -> None:
     Path("/proc/self/clear_refs").write_text("5")
     before = status_kib("VmRSS")
     seconds, _, result = run_workload(num_ids, num_parts, niter)
-    print(json.dumps({
-        "images": len(result.labels), "import_peak_kib": import_peak, "before_kib": before,
-        "peak_kib": status_kib("VmHWM"), "seconds": seconds,
-    }))
+    print(
+        json.dumps(
+            {
+                "images": len(result.labels),
+                "import_peak_kib": import_peak,
+                "before_kib": before,
+                "peak_kib": status_kib("VmHWM"),
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def bench_memory(args: argparse.Namespace) -> None:
@@ -206,9 +237,19 @@ def bench_memory(args: argparse.Namespace) -> None:
     for factor in (1, 2, 4):
         num_ids = args.memory_ids * factor
         done = subprocess.run(
-            [sys.executable, __file__, "--memory-child", str(num_ids), "--parts", str(args.parts),
-             "--niter", str(args.niter)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(num_ids),
+                "--parts",
+                str(args.parts),
+                "--niter",
+                str(args.niter),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         rows.append((num_ids, json.loads(done.stdout.strip().splitlines()[-1])))
     print("(c) memory of the pass in a fresh process (VmHWM, reset after the imports):")

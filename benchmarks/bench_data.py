@@ -15,8 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from icg import SyntheticDataModule
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+
+from icg import SyntheticDataModule
 
 
 def main() -> None:
@@ -27,8 +28,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {describe()}")
     for workers in args.workers:
-        datamodule = SyntheticDataModule(str(args.data), num_train_ids=150, num_test_ids=10, image_size=(256, 128),
-                                         num_identities=16, num_instances=4, num_workers=workers)
+        datamodule = SyntheticDataModule(
+            str(args.data),
+            num_train_ids=150,
+            num_test_ids=10,
+            image_size=(256, 128),
+            num_identities=16,
+            num_instances=4,
+            num_workers=workers,
+        )
         datamodule.prepare_data()
         loader = datamodule.train_dataloader()
         rates = []
@@ -40,8 +48,10 @@ def main() -> None:
                 images += len(batch["image"])
             rates.append(images / (time.perf_counter() - start))
             del iterator
-        print(f"{workers} workers: median {statistics.median(rates):.0f} images/s (decode + resize + flip + "
-              f"pad/crop + normalise + erasing + source map), runs {', '.join(f'{r:.0f}' for r in rates)}")
+        print(
+            f"{workers} workers: median {statistics.median(rates):.0f} images/s (decode + resize + flip + "
+            f"pad/crop + normalise + erasing + source map), runs {', '.join(f'{r:.0f}' for r in rates)}"
+        )
 
 
 if __name__ == "__main__":

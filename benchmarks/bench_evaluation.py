@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+
 from icg.metrics import evaluate_rank  # noqa: E402
 from icg.retrieval import ReIDFeatures, icg_distance, icg_distance_rows  # noqa: E402
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 SIZES = {
     "market": dict(num_query=3368, num_gallery=15913, num_ids=751, num_cams=6),
@@ -102,8 +104,10 @@ def make_problem(case: str, dim: int, parts: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     names = ["global"] + ([] if parts == 0 else ["foreground", "graph", *(f"part{k}" for k in range(parts))])
     protos = {
-        name: (torch.randn(size["num_ids"], dim, generator=gen),
-               0.5 * torch.randn(size["num_cams"], dim, generator=gen))
+        name: (
+            torch.randn(size["num_ids"], dim, generator=gen),
+            0.5 * torch.randn(size["num_cams"], dim, generator=gen),
+        )
         for name in names
     }
     query = synthetic_set(size["num_query"], dim, size["num_ids"], size["num_cams"], parts, gen, protos)
@@ -131,10 +135,10 @@ def reference_loop(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank
 def run_market(args) -> dict:
     out = {}
     (q1, qp, qc), (g1, gp, gc) = make_problem("market", args.dim, parts=0)
-    out["distance_single_s"], _ = median_time(lambda: icg_distance(q1, g1), args.repeats)
+    out["distance_single_s"], _ = median_time(partial(icg_distance, q1, g1), args.repeats)
     del q1, g1
     (q, qp, qc), (g, gp, gc) = make_problem("market", args.dim, parts=6)
-    out["distance_icg_s"], distmat = median_time(lambda: icg_distance(q, g), args.repeats)
+    out["distance_icg_s"], distmat = median_time(partial(icg_distance, q, g), args.repeats)
     del q, g
     out["rank_s"], result = median_time(lambda: evaluate_rank(distmat, qp, gp, qc, gc), args.repeats)
     out.update(mAP=result.mAP, mINP=result.mINP, rank1=float(result.cmc[0]))
@@ -172,9 +176,16 @@ def run_msmt17(args, parts: int) -> dict:
     result = evaluate_rank(timed_rows, qp, gp, qc, gc)
     elapsed = time.perf_counter() - start
     peak = memory_status()
-    return {"total_s": elapsed, "distance_s": distance_time[0], "mAP": result.mAP, "mINP": result.mINP,
-            "rank1": float(result.cmc[0]), "rss_inputs_gib": base["VmRSS"], "peak_gib": peak["VmHWM"],
-            "added_gib": peak["VmHWM"] - base["VmRSS"]}
+    return {
+        "total_s": elapsed,
+        "distance_s": distance_time[0],
+        "mAP": result.mAP,
+        "mINP": result.mINP,
+        "rank1": float(result.cmc[0]),
+        "rss_inputs_gib": base["VmRSS"],
+        "peak_gib": peak["VmHWM"],
+        "added_gib": peak["VmHWM"] - base["VmRSS"],
+    }
 
 
 def child(args) -> None:
@@ -186,13 +197,25 @@ def child(args) -> None:
 
 
 def spawn(case: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", case, "--repeats", str(args.repeats), "--dim", str(args.dim),
-           "--msmt-dim", str(args.msmt_dim), "--ref-queries", str(args.ref_queries)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        case,
+        "--repeats",
+        str(args.repeats),
+        "--dim",
+        str(args.dim),
+        "--msmt-dim",
+        str(args.msmt_dim),
+        "--ref-queries",
+        str(args.ref_queries),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{proc.stderr[-4000:]}")
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def report_market(r: dict, args) -> None:
@@ -200,25 +223,35 @@ def report_market(r: dict, args) -> None:
     print(f"  synthetic figures: mAP {r['mAP']:.3f}, mINP {r['mINP']:.3f}, rank-1 {r['rank1']:.3f}")
     single, icg = r["distance_single_s"], r["distance_icg_s"]
     print(f"  distance, global only         {single:8.3f} s")
-    print(f"  distance, ICG (3 + 6 parts)   {icg:8.3f} s   = {icg / single:.2f}x single "
-          f"(9 feature blocks: 9x the multiply-adds)")
+    print(
+        f"  distance, ICG (3 + 6 parts)   {icg:8.3f} s   = {icg / single:.2f}x single "
+        f"(9 feature blocks: 9x the multiply-adds)"
+    )
     print(f"  ranking + mAP/mINP/CMC        {r['rank_s']:8.3f} s")
-    print(f"  numpy per-query loop          {r['reference_s']:8.3f} s   (run on {args.ref_queries} queries, "
-          f"extrapolated; same mAP/mINP: {r['reference_matches']})")
+    print(
+        f"  numpy per-query loop          {r['reference_s']:8.3f} s   (run on {args.ref_queries} queries, "
+        f"extrapolated; same mAP/mINP: {r['reference_matches']})"
+    )
     print(f"  speed-up                      {r['reference_s'] / r['rank_s']:8.1f}x")
-    print(f"  structureless random matrix:  ranking {r['rank_random_s']:.3f} s, loop {r['reference_random_s']:.3f} s"
-          f" (extrapolated), speed-up {r['reference_random_s'] / r['rank_random_s']:.1f}x")
+    print(
+        f"  structureless random matrix:  ranking {r['rank_random_s']:.3f} s, loop {r['reference_random_s']:.3f} s"
+        f" (extrapolated), speed-up {r['reference_random_s'] / r['rank_random_s']:.1f}x"
+    )
     print(f"  process peak RSS              {r['memory_gib']['VmHWM']:8.2f} GiB")
 
 
 def report_msmt(name: str, r: dict, args) -> None:
     print(f"\nMSMT17 size: 11,659 x 82,161, {args.msmt_dim}-d, {name}, distances chunked inside evaluate_rank")
     print(f"  synthetic figures: mAP {r['mAP']:.3f}, mINP {r['mINP']:.3f}, rank-1 {r['rank1']:.3f}")
-    print(f"  total {r['total_s']:.2f} s: distances {r['distance_s']:.2f} s (including normalising the features "
-          f"once), ranking + mAP/mINP/CMC {r['total_s'] - r['distance_s']:.2f} s")
-    print(f"  RSS with the inputs built   {r['rss_inputs_gib']:6.2f} GiB;  peak during evaluation "
-          f"{r['peak_gib']:6.2f} GiB (+{r['added_gib']:.2f} GiB; the full 11,659 x 82,161 float32 matrix would be "
-          f"{11659 * 82161 * 4 / 2**30:.2f} GiB)")
+    print(
+        f"  total {r['total_s']:.2f} s: distances {r['distance_s']:.2f} s (including normalising the features "
+        f"once), ranking + mAP/mINP/CMC {r['total_s'] - r['distance_s']:.2f} s"
+    )
+    print(
+        f"  RSS with the inputs built   {r['rss_inputs_gib']:6.2f} GiB;  peak during evaluation "
+        f"{r['peak_gib']:6.2f} GiB (+{r['added_gib']:.2f} GiB; the full 11,659 x 82,161 float32 matrix would be "
+        f"{11659 * 82161 * 4 / 2**30:.2f} GiB)"
+    )
 
 
 def main() -> None:

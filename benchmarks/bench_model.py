@@ -7,7 +7,8 @@ band part labels, foreground target from the feature map), alternating ICG and B
 machine load hits both alike. A train step is forward + loss + backward + Adam step (+ the centres' SGD step).
 Prints the machine, the medians of ``--steps`` steps after ``--warmup`` steps and their ratio (target: ICG at
 most 1.3x BoT; also the median ratio of back-to-back pairs, steadier on a shared machine), then parameters and
-inference FLOPs for one image, next to the paper's Table 4 (ICG: 18.9M parameters, 7.3 GFLOPs at 256x128). Runs on the GPU when there is one (``--device cpu`` to force the CPU).
+inference FLOPs for one image, next to the paper's Table 4 (ICG: 18.9M parameters, 7.3 GFLOPs at 256x128).
+Runs on the GPU when there is one (``--device cpu`` to force the CPU).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
 from icg.losses import ICGLoss
 from icg.model import ICGNet, foreground_target
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 
 def build(args: argparse.Namespace, device: torch.device, full: bool) -> tuple[ICGNet, ICGLoss]:
@@ -30,7 +31,7 @@ def build(args: argparse.Namespace, device: torch.device, full: bool) -> tuple[I
     net = ICGNet(
         args.num_classes,
         backbone=args.backbone,
-        pretrained=False,
+        weights=None,
         num_parts=args.num_parts,
         use_afm=full,
         use_ppc=full,
@@ -139,8 +140,10 @@ def main() -> None:
         f"the {args.steps} back-to-back pairs (target <= 1.3)"
     )
 
-    print("FLOPs: torch.utils.flop_counter counts 2 per multiply-add (GMACs = GFLOPs / 2); eval-mode forward of one "
-          f"{args.height}x{args.width} image")
+    print(
+        "FLOPs: torch.utils.flop_counter counts 2 per multiply-add (GMACs = GFLOPs / 2); eval-mode forward of one "
+        f"{args.height}x{args.width} image"
+    )
     for name, (net, _) in models.items():
         total, inference = count(net)
         flops = inference_flops(net, device, args.height, args.width)

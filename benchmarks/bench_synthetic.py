@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import PIL
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 from icg.data.synthetic import generate_synthetic, plan_synthetic, render_synthetic
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 
 def main() -> None:
@@ -33,16 +33,17 @@ def main() -> None:
     size = (args.height, args.width)
 
     print(f"machine: {describe()}")
-    print(f"numpy {np.__version__}, "
-          f"Pillow {PIL.__version__}")
+    print(f"numpy {np.__version__}, Pillow {PIL.__version__}")
 
     plan_times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         plan = plan_synthetic(args.train_ids, args.test_ids)
         plan_times.append(time.perf_counter() - start)
-    print(f"plan: {len(plan)} images ({args.train_ids} train ids, {args.test_ids} test ids), "
-          f"median {statistics.median(plan_times) * 1e3:.1f} ms")
+    print(
+        f"plan: {len(plan)} images ({args.train_ids} train ids, {args.test_ids} test ids), "
+        f"median {statistics.median(plan_times) * 1e3:.1f} ms"
+    )
 
     draw_rates = []
     for _ in range(args.repeats):
@@ -60,8 +61,10 @@ def main() -> None:
             generate_synthetic(Path(folder) / "market", args.train_ids, args.test_ids, image_size=size)
             write_rates.append(len(plan) / (time.perf_counter() - start))
     write = statistics.median(write_rates)
-    print(f"generate_synthetic (plan + draw + JPEG/PNG to disk), {size[0]}x{size[1]}: median {write:.0f} images/s, "
-          f"{len(plan) / write:.1f} s for the dataset")
+    print(
+        f"generate_synthetic (plan + draw + JPEG/PNG to disk), {size[0]}x{size[1]}: median {write:.0f} images/s, "
+        f"{len(plan) / write:.1f} s for the dataset"
+    )
     print(f"ratio draw-only / full generation: {draw / write:.2f}x (encoding and writing cost)")
 
 

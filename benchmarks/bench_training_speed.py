@@ -23,9 +23,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 from icg import ICGModule, PartClustering, SyntheticDataModule
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
 MARKET_TRAIN_IMAGES = 12936
 
@@ -60,42 +60,77 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-bench"))
     args = parser.parse_args()
 
-    datamodule = SyntheticDataModule(str(args.data), num_train_ids=args.train_ids, num_test_ids=10,
-                                     image_size=tuple(args.image_size), num_identities=args.identities,
-                                     num_instances=args.instances, num_workers=args.workers)
+    datamodule = SyntheticDataModule(
+        str(args.data),
+        num_train_ids=args.train_ids,
+        num_test_ids=10,
+        image_size=tuple(args.image_size),
+        num_identities=args.identities,
+        num_instances=args.instances,
+        num_workers=args.workers,
+    )
     datamodule.prepare_data()
-    module = ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-                       image_size=tuple(args.image_size), backbone=args.backbone, pretrained=False,
-                       channels_last=args.channels_last, compile=args.compile)
+    module = ICGModule(
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=tuple(args.image_size),
+        backbone=args.backbone,
+        weights=None,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
     timer = StepTimer()
     clustering = PartClustering()
     warmup = 2
-    trainer = pl.Trainer(accelerator="auto", devices=1, precision=args.precision, max_steps=warmup + args.steps + 1,
-                         use_distributed_sampler=False, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, callbacks=[timer, clustering])
+    trainer = pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        precision=args.precision,
+        max_steps=warmup + args.steps + 1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer, clustering],
+    )
     trainer.fit(module, datamodule=datamodule)
 
     batch = args.identities * args.instances
     steps = timer.times[warmup:]
     rates = [batch / t for t in steps]
-    result = clustering.cluster(module, datamodule.cluster_dataset(), [r.pid for r in datamodule.train_records],
-                                trainer=trainer, num_workers=args.workers)
+    result = clustering.cluster(
+        module,
+        datamodule.cluster_dataset(),
+        [r.pid for r in datamodule.train_records],
+        trainer=trainer,
+        num_workers=args.workers,
+    )
     seconds = result.seconds
     per_image = seconds / datamodule.num_train_samples
 
     print(f"machine: {describe()}")
-    print(f"model: ICG {args.backbone}, {args.image_size[0]}x{args.image_size[1]}, batch {batch}, "
-          f"precision {args.precision}, channels_last={args.channels_last}, compile={args.compile}, "
-          f"{args.workers} loader workers")
-    print(f"train: median {statistics.median(rates):.1f} images/s over {len(steps)} steps "
-          f"(median step {statistics.median(steps):.2f} s; min {batch / max(steps):.1f}, max {batch / min(steps):.1f})")
-    print(f"clustering pass: {seconds:.1f} s for {datamodule.num_train_samples} images "
-          f"({1000 * per_image:.1f} ms/image, extraction and K-means) "
-          f"-> {per_image * MARKET_TRAIN_IMAGES / 60:.1f} min per epoch at Market-1501 size")
+    print(
+        f"model: ICG {args.backbone}, {args.image_size[0]}x{args.image_size[1]}, batch {batch}, "
+        f"precision {args.precision}, channels_last={args.channels_last}, compile={args.compile}, "
+        f"{args.workers} loader workers"
+    )
+    print(
+        f"train: median {statistics.median(rates):.1f} images/s over {len(steps)} steps "
+        f"(median step {statistics.median(steps):.2f} s; min {batch / max(steps):.1f}, max {batch / min(steps):.1f})"
+    )
+    print(
+        f"clustering pass: {seconds:.1f} s for {datamodule.num_train_samples} images "
+        f"({1000 * per_image:.1f} ms/image, extraction and K-means) "
+        f"-> {per_image * MARKET_TRAIN_IMAGES / 60:.1f} min per epoch at Market-1501 size"
+    )
     epoch = MARKET_TRAIN_IMAGES / statistics.median(rates)
-    print(f"one Market-1501-sized training epoch at this rate: {epoch / 60:.1f} min; "
-          f"clustering / training epoch = {per_image * MARKET_TRAIN_IMAGES / epoch:.2f}")
+    print(
+        f"one Market-1501-sized training epoch at this rate: {epoch / 60:.1f} min; "
+        f"clustering / training epoch = {per_image * MARKET_TRAIN_IMAGES / epoch:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from truth import true_part_cells
 
 from icg import ICGModule
 from icg.data import SyntheticDataModule
 from icg.model import build_backbone
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
-from truth import true_part_cells
 
 
 @torch.no_grad()
@@ -51,8 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--init", default=None, help="backbone weights file (default: random, from scratch)")
     parser.add_argument("--checkpoint", default=None, help="an icg checkpoint: measure its F_g instead")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="default: data/synthetic-pretrain-s<generator seed>-<train ids>")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<generator seed>-<train ids>"
+    )
     parser.add_argument("--generator-seed", type=int, default=1000)
     parser.add_argument("--train-ids", type=int, default=300)
     parser.add_argument("--test-ids", type=int, default=60)
@@ -60,20 +61,33 @@ def main() -> None:
     args = parser.parse_args()
     args.data = args.data or Path(f"data/synthetic-pretrain-s{args.generator_seed}-{args.train_ids}")
     print(f"Machine: {describe()}")
-    datamodule = SyntheticDataModule(str(args.data), num_train_ids=args.train_ids, num_test_ids=args.test_ids,
-                                     generator_seed=args.generator_seed, image_size=(128, 64), num_workers=0)
+    datamodule = SyntheticDataModule(
+        str(args.data),
+        num_train_ids=args.train_ids,
+        num_test_ids=args.test_ids,
+        generator_seed=args.generator_seed,
+        image_size=(128, 64),
+        num_workers=0,
+    )
     torch.manual_seed(0)
     if args.checkpoint:
-        feature_fn, source = ICGModule.load_from_checkpoint(args.checkpoint, pretrained=False).eval().feature_maps, \
-            f"F_g of {args.checkpoint}"
+        feature_fn, source = (
+            ICGModule.load_from_checkpoint(args.checkpoint, weights=None).eval().feature_maps,
+            f"F_g of {args.checkpoint}",
+        )
     else:
-        feature_fn, source = build_backbone("resnet18", pretrained=args.init or False).eval(), \
-            f"F_theta of {args.init or 'a random ResNet-18'}"
+        feature_fn, source = (
+            build_backbone("resnet18", weights=args.init).eval(),
+            f"F_theta of {args.init or 'a random ResNet-18'}",
+        )
     norms = relative_norms(feature_fn, datamodule)
     paths = [record.path for record in datamodule.eval_records]
     person = true_part_cells(paths, norms.shape[1:]) > 0
-    print(f"{source}; {len(paths)} test images of {args.data}; person cells "
-          f"{person.mean():.0%}; AUC of the relative norm as a person detector {roc_auc(norms.ravel(), person.ravel()):.3f}")
+    print(
+        f"{source}; {len(paths)} test images of {args.data}; person cells "
+        f"{person.mean():.0%}; AUC of the relative norm as a person detector "
+        f"{roc_auc(norms.ravel(), person.ravel()):.3f}"
+    )
     low = norms.reshape(len(norms), -1).min(axis=1)[:, None, None]
     stretched = (norms - low) / np.maximum(1 - low, 1e-12)
     print("| threshold | rule | foreground share | precision | recall |\n|---|---|---|---|---|")

@@ -17,7 +17,7 @@ seen, and every part is still found by ICG's clustering. ``--saliency-weight 0``
     python benchmarks/pretrain_synthetic.py                       # ~40-60 minutes on 2 cores
     python benchmarks/ablation.py --init runs/pretrained/resnet18-synthetic.pt
 
-``ICGModule(pretrained="runs/pretrained/resnet18-synthetic.pt")`` (or ``--model.init_args.pretrained PATH``)
+``ICGModule(weights="runs/pretrained/resnet18-synthetic.pt")`` (or ``--model.init_args.weights PATH``)
 loads it into any run. Besides the file, the script prints the stand-in's own test mAP and foreground AUC (on
 its population's query/gallery) and writes a JSON summary next to it.
 """
@@ -32,14 +32,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from foreground_rule import relative_norms, roc_auc
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from torch import Tensor
+from truth import true_part_cells
+
 from icg import ICGModule, SyntheticDataModule
 from icg.files import atomic_write
 from icg.module import cell_sources
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
-from truth import true_part_cells
 
 
 class SalientBoT(ICGModule):
@@ -65,18 +65,26 @@ class SalientBoT(ICGModule):
         valid, row, col = cell_sources(batch["source"], (h, w))
         person = self.person.to(relative.device)[batch["index"][:, None, None], row * h // height, col * w // width]
         saliency = F.binary_cross_entropy(relative[valid], person[valid].float())
-        self.log_dict({"train/loss": loss.detach(), "train/saliency": saliency.detach()}, prog_bar=True,
-                      batch_size=len(batch["pid"]))
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/saliency": saliency.detach()},
+            prog_bar=True,
+            batch_size=len(batch["pid"]),
+        )
         return loss + self.saliency_weight * saliency
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/pretrained/resnet18-synthetic.pt"))
-    parser.add_argument("--data", type=Path, default=None,
-                        help="default: data/synthetic-pretrain-s<generator seed>-<train ids>")
-    parser.add_argument("--generator-seed", type=int, default=1000,
-                        help="the population's seed; the ablation's data is generator seed 0")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<generator seed>-<train ids>"
+    )
+    parser.add_argument(
+        "--generator-seed",
+        type=int,
+        default=1000,
+        help="the population's seed; the ablation's data is generator seed 0",
+    )
     parser.add_argument("--train-ids", type=int, default=300)
     parser.add_argument("--test-ids", type=int, default=60)
     parser.add_argument("--epochs", type=int, default=10)
@@ -89,18 +97,45 @@ def main() -> None:
     print(f"Machine: {describe()}", flush=True)
 
     pl.seed_everything(0, workers=True, verbose=False)
-    datamodule = SyntheticDataModule(str(args.data), num_train_ids=args.train_ids, num_test_ids=args.test_ids,
-                                     generator_seed=args.generator_seed, image_size=(128, 64),
-                                     num_identities=16, num_instances=4, num_workers=args.workers)
+    datamodule = SyntheticDataModule(
+        str(args.data),
+        num_train_ids=args.train_ids,
+        num_test_ids=args.test_ids,
+        generator_seed=args.generator_seed,
+        image_size=(128, 64),
+        num_identities=16,
+        num_instances=4,
+        num_workers=args.workers,
+    )
     datamodule.setup("fit")
     person = true_part_cells([r.path for r in datamodule.train_records], (8, 4)) > 0
-    module = SalientBoT(torch.from_numpy(person), args.saliency_weight, num_classes=datamodule.num_classes,
-                        image_size=(128, 64), backbone="resnet18", pretrained=False, use_afm=False, use_ppc=False,
-                        use_fsg=False, lr=args.lr, warmup_epochs=2, milestones=(args.epochs - 4,),
-                        channels_last=True, **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}))
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, use_distributed_sampler=False,
-                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0)
+    module = SalientBoT(
+        torch.from_numpy(person),
+        args.saliency_weight,
+        num_classes=datamodule.num_classes,
+        image_size=(128, 64),
+        backbone="resnet18",
+        weights=None,
+        use_afm=False,
+        use_ppc=False,
+        use_fsg=False,
+        lr=args.lr,
+        warmup_epochs=2,
+        milestones=(args.epochs - 4,),
+        channels_last=True,
+        **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}),
+    )
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="auto",
+        devices=1,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
@@ -112,11 +147,22 @@ def main() -> None:
     auc = roc_auc(relative_norms(module.net.backbone, datamodule).ravel(), test_person.ravel())
     summary = {
         "file": str(args.output),
-        "population": {"generator_seed": args.generator_seed, "train_ids": args.train_ids,
-                       "train_images": datamodule.num_train_samples, "test_ids": args.test_ids},
-        "recipe": {"model": "BoT ResNet-18", "saliency_weight": args.saliency_weight, "image_size": [128, 64],
-                   "batch": "16 x 4", "epochs": args.epochs,
-                   "lr": args.lr, "optimizer": "AdamW", "weight_decay": module.hparams.weight_decay},
+        "population": {
+            "generator_seed": args.generator_seed,
+            "train_ids": args.train_ids,
+            "train_images": datamodule.num_train_samples,
+            "test_ids": args.test_ids,
+        },
+        "recipe": {
+            "model": "BoT ResNet-18",
+            "saliency_weight": args.saliency_weight,
+            "image_size": [128, 64],
+            "batch": "16 x 4",
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "optimizer": "AdamW",
+            "weight_decay": module.hparams.weight_decay,
+        },
         "test_mAP": metrics["test/mAP"],
         "test_rank1": metrics["test/rank1"],
         "test_foreground_auc": auc,

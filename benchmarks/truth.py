@@ -7,8 +7,8 @@ drawn at the cell's centre: 0 background, 1 head, 2 upper body, 3 legs, 4 shoes,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

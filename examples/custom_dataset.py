@@ -94,12 +94,16 @@ def main() -> None:
     args = parser.parse_args()
     if not args.root.exists():
         write_demo_folder(args.root)
-    datamodule = FolderDataModule(str(args.root), image_size=(64, 32), num_identities=4, num_instances=2,
-                                  num_workers=0)
+    datamodule = FolderDataModule(str(args.root), image_size=(64, 32), num_identities=4, num_instances=2, num_workers=0)
     print(datamodule.dataset)
-    model = build_module(datamodule, backbone="resnet18", pretrained=False, warmup_epochs=1)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="auto", use_distributed_sampler=False,
-                         default_root_dir=str(args.root.parent / "runs-custom"), enable_progress_bar=False)
+    model = build_module(datamodule, backbone="resnet18", weights=None, warmup_epochs=1)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        accelerator="auto",
+        use_distributed_sampler=False,
+        default_root_dir=str(args.root.parent / "runs-custom"),
+        enable_progress_bar=False,
+    )
     trainer.fit(model, datamodule=datamodule)
     trainer.validate(model, datamodule=datamodule)
 

@@ -18,8 +18,14 @@ def random_ranking_map(datamodule: ReIDDataModule, seed: int = 0) -> float:
     """mAP of random distances on the datamodule's query and gallery: the chance level."""
     query, gallery = datamodule.dataset.query, datamodule.dataset.gallery
     distances = torch.rand(len(query), len(gallery), generator=torch.Generator().manual_seed(seed))
-    return evaluate_rank(distances, *(torch.tensor([getattr(r, field) for r in records])
-                                      for field in ("pid", "camid") for records in (query, gallery))).mAP
+    return evaluate_rank(
+        distances,
+        *(
+            torch.tensor([getattr(r, field) for r in records])
+            for field in ("pid", "camid")
+            for records in (query, gallery)
+        ),
+    ).mAP
 
 
 def main(argv: list[str]) -> None:
@@ -30,8 +36,10 @@ def main(argv: list[str]) -> None:
     minutes = (time.perf_counter() - start) / 60
     print("\n" + "=" * 72)
     print(f"ICG on synthetic pedestrians ({cli.datamodule.dataset}), {minutes:.1f} min on this machine")
-    print(f"  test mAP {results['test/mAP']:.1%}   Rank-1 {results['test/rank1']:.1%}   "
-          f"Rank-5 {results['test/rank5']:.1%}   mINP {results['test/mINP']:.1%}")
+    print(
+        f"  test mAP {results['test/mAP']:.1%}   Rank-1 {results['test/rank1']:.1%}   "
+        f"Rank-5 {results['test/rank5']:.1%}   mINP {results['test/mINP']:.1%}"
+    )
     print(f"  a random ranking scores mAP {random_ranking_map(cli.datamodule):.1%} on the same query/gallery")
     print(f"  best checkpoint: {cli.trainer.checkpoint_callback.best_model_path}")
     print("  pictures (last validation):")

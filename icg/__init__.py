@@ -3,7 +3,7 @@
 Public API (everything the README and the examples use comes from here)::
 
     # train and evaluate
-    from icg import ICGModule, build_module, PartClustering, run_cli
+    from icg import ICGModule, build_module, PartClustering, PartLabels, run_cli
     from icg import Market1501DataModule, DukeMTMCDataModule, CUHK03NPDataModule, MSMT17DataModule
     from icg import SyntheticDataModule, generate_synthetic
     # a dataset of your own: a reader and a datamodule that uses it
@@ -40,6 +40,7 @@ from icg.losses import CenterLoss, ICGLoss, TripletLoss
 from icg.metrics import RankResult, ReIDMetric, evaluate_rank
 from icg.model import ICGNet
 from icg.module import ICGModule
+from icg.part_labels import PartLabels
 from icg.predict import FeatureWriter, rank_folders
 from icg.retrieval import icg_distance, k_reciprocal_rerank
 from icg.viz import VisualizationCallback, adjacency_heatmap, part_maps, ranked_lists, top_k_matches
@@ -60,6 +61,7 @@ __all__ = [
     "MSMT17DataModule",
     "Market1501DataModule",
     "PartClustering",
+    "PartLabels",
     "RankResult",
     "ReIDDataModule",
     "ReIDDataset",

@@ -78,8 +78,12 @@ def find_last_checkpoint(run_folder: str | Path) -> Path:
         return max(candidates, key=lambda path: path.stat().st_mtime_ns)
     others = sorted(str(path) for path in run_folder.glob("**/*.ckpt"))
     hint = (
-        "pass one of its checkpoints instead (--ckpt_path " + others[-1] + "; found: " + ", ".join(others[:5])
-        + (", ..." if len(others) > 5 else "") + ")"
+        "pass one of its checkpoints instead (--ckpt_path "
+        + others[-1]
+        + "; found: "
+        + ", ".join(others[:5])
+        + (", ..." if len(others) > 5 else "")
+        + ")"
         if others
         else "it holds no checkpoint at all"
     )

@@ -22,7 +22,7 @@ With ``--ckpt_path``:
   command line (``--model.init_args.X``), which win; where one cannot take effect (``num_parts`` and the other
   settings that shape the weights; ``lr`` and ``weight_decay`` when ``fit`` restores the optimiser's state) the
   command stops with an error naming it.
-* ``validate``, ``test`` and ``predict`` build the model with ``pretrained=False`` (unless given): the checkpoint
+* ``validate``, ``test`` and ``predict`` build the model with ``weights=None`` (unless given): the checkpoint
   holds all weights, so ImageNet weights would only be loaded to be overwritten (and need a download offline
   machines cannot do). They accept a checkpoint trained on other identities (another dataset).
 * Checkpoints are read with ``weights_only=True`` (``--weights_only false`` for a trusted old file).
@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from jsonargparse import CLI, Namespace
 from lightning.pytorch import LightningModule, Trainer
@@ -52,11 +53,18 @@ BASE_RECIPE = CONFIG_DIR / "base.yaml"
 
 # Model arguments that shape the weights: a checkpoint can only be loaded into a model built with its values.
 WEIGHT_SHAPING = (
-    "backbone", "num_parts", "use_afm", "use_ppc", "use_fsg", "foreground_from_parts", "attention_kernel", "gcn_layers",
+    "backbone",
+    "num_parts",
+    "use_afm",
+    "use_ppc",
+    "use_fsg",
+    "foreground_from_parts",
+    "attention_kernel",
+    "gcn_layers",
     "output_stride",
 )
 # Arguments held by the optimiser's state, which resuming (`fit --ckpt_path`) restores from the checkpoint.
-OPTIMIZER_STATE = ("lr", "weight_decay")
+OPTIMIZER_STATE = ("lr", "weight_decay", "head_lr_factor")
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):
@@ -98,8 +106,12 @@ class ICGCLI(LightningCLI):
     """LightningCLI with the links between datamodule and model that every ICG run needs, and the handling of
     ``--ckpt_path`` described in the module docstring."""
 
-    def __init__(self, *args: Any, save_config_callback: type[SaveConfigCallback] | None = AtomicSaveConfigCallback,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        save_config_callback: type[SaveConfigCallback] | None = AtomicSaveConfigCallback,
+        **kwargs: Any,
+    ) -> None:
         self.explicit: set[str] = set()
         self.before_checkpoint: dict[str, Any] = {}
         self.resumed: Path | None = None  # the last.ckpt that `fit --ckpt_path last` continues
@@ -107,9 +119,7 @@ class ICGCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments(
-            "data.num_train_samples", "model.init_args.num_train_samples", apply_on="instantiate"
-        )
+        parser.link_arguments("data.num_train_samples", "model.init_args.num_train_samples", apply_on="instantiate")
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -154,8 +164,9 @@ class ICGCLI(LightningCLI):
                     f"run (without --ckpt_path) to use {given}."
                 )
             model[name] = given  # an explicit value wins over the checkpoint's
-        if subcommand in ("validate", "test", "predict") and "pretrained" not in self.explicit:
-            model.pretrained = False
+        if subcommand in ("validate", "test", "predict") and not {"weights", "pretrained"} & self.explicit:
+            model.weights = None
+            model.pretrained = None  # the deprecated spelling, which a checkpoint saved before `weights` holds
 
     def before_fit(self) -> None:
         # `--ckpt_path last` continues the run in its own version folder, so that its logs go on and its best
@@ -195,7 +206,8 @@ def recipe_files(value: str) -> list[str]:
             raise FileNotFoundError(
                 f"--config {value}: no such file and no shipped recipe of that name"
                 + (f" (did you mean {close[0]}?)" if close else "")
-                + ". Shipped recipes: " + ", ".join(shipped_recipes())
+                + ". Shipped recipes: "
+                + ", ".join(shipped_recipes())
             )
         file = str(shipped)
     location = Path(file).resolve()

@@ -504,7 +504,9 @@ class PartClustering(Callback):
         require(module, LabeledModel, "PartClustering")
         part_labels = module.part_labels
         if len(part_labels) == 0:
-            raise ValueError("PartClustering: the module has no part labels (no training images); build it with use_ppc=True")
+            raise ValueError(
+                "PartClustering: the module has no part labels (no training images); build it with use_ppc=True"
+            )
         if len(part_labels) != len(dataset):
             raise ValueError(
                 f"PartClustering: the module has part labels for {len(part_labels)} images but the clustering dataset "
@@ -587,7 +589,9 @@ class PartClustering(Callback):
             return
         datamodule = trainer.datamodule
         if datamodule is None:
-            raise RuntimeError("PartClustering needs the Trainer's datamodule: pass it as trainer.fit(model, datamodule=...)")
+            raise RuntimeError(
+                "PartClustering needs the Trainer's datamodule: pass it as trainer.fit(model, datamodule=...)"
+            )
         require(datamodule, ClusteringData, "PartClustering")
         num_workers = self.num_workers if self.num_workers is not None else datamodule.num_workers
         result = self.cluster(

@@ -73,9 +73,7 @@ class DivergenceGuard(Callback):
             for name, value in trainer.callback_metrics.items()
             if name.startswith("train/") and not math.isfinite(float(value))
         }
-        rates = ", ".join(
-            f"{group['lr']:.3g}" for optimizer in trainer.optimizers for group in optimizer.param_groups
-        )
+        rates = ", ".join(f"{group['lr']:.3g}" for optimizer in trainer.optimizers for group in optimizer.param_groups)
         local = "" if math.isfinite(float(loss.detach())) else f" (loss {float(loss.detach())})"
         raise DivergenceError(
             f"training diverged at global step {trainer.global_step} (epoch {trainer.current_epoch}): the loss is "

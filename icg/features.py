@@ -89,6 +89,7 @@ class ReIDFeatures:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None, non_blocking: bool = False
     ) -> ReIDFeatures:
         """Moves every component to ``device``; ``dtype`` converts the features (visibility stays bool)."""
+
         def move(name: str, t: Tensor) -> Tensor:
             return t.to(device=device, dtype=None if name == "visibility" else dtype, non_blocking=non_blocking)
 

@@ -25,8 +25,9 @@ import re
 import secrets
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 __all__ = ["atomic_write", "remove_orphans", "staging_folder"]
 

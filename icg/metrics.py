@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from icg.tensor_ops import INT64_MAX, expand_segments, key_columns, stable_sort_
 
 __all__ = ["RankResult", "ReIDMetric", "evaluate_rank", "format_rank_table"]
 
-ArrayLike = Union[Tensor, np.ndarray]
+ArrayLike = Tensor | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -361,8 +361,10 @@ class ReIDMetric(Metric):
         """
         if isinstance(features, Tensor):
             if features.dim() != 2 or not features.is_floating_point():
-                raise ValueError(f"features must be ReIDFeatures or a floating [B, C] tensor, got {features.dtype} "
-                                 f"{tuple(features.shape)}")
+                raise ValueError(
+                    f"features must be ReIDFeatures or a floating [B, C] tensor, got {features.dtype} "
+                    f"{tuple(features.shape)}"
+                )
             features = ReIDFeatures(global_feat=features)
         elif not isinstance(features, ReIDFeatures):
             raise TypeError(f"features must be ReIDFeatures or a tensor, got {type(features).__name__}")
@@ -426,8 +428,10 @@ class ReIDMetric(Metric):
         return self._as_output(result)
 
     def _as_output(self, result: RankResult) -> dict[str, Tensor]:
-        return {name: torch.tensor(value, dtype=torch.float32, device=self.device)
-                for name, value in result.to_dict().items()}
+        return {
+            name: torch.tensor(value, dtype=torch.float32, device=self.device)
+            for name, value in result.to_dict().items()
+        }
 
 
 def _gathered(state: list[Tensor] | Tensor) -> Tensor | None:
@@ -460,10 +464,10 @@ _DISPLAY_NAMES = {"mAP": "mAP", "mINP": "mINP", "rank1": "Rank-1", "rank5": "Ran
 def format_rank_table(results: Mapping[str, float | Tensor], title: str = "Re-ID evaluation") -> str:
     """A plain-text table of fractions as percentages with one decimal (``n/a`` for NaN), e.g.::
 
-        Re-ID evaluation
-        ----------------
-        mAP       88.9%
-        Rank-1    95.4%
+    Re-ID evaluation
+    ----------------
+    mAP       88.9%
+    Rank-1    95.4%
     """
     rows = []
     for name, value in results.items():

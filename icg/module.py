@@ -27,7 +27,8 @@ clears their gradients before Adam runs. Optimisation stays automatic (one optim
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule
@@ -38,11 +39,13 @@ from torch import Tensor
 from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
 from icg.divergence import DivergenceGuard, check_finite_features
+from icg.features import ReIDFeatures
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
 from icg.model import ICGNet, ICGOutput, foreground_target, to_reid_features
-from icg.features import ReIDFeatures
+from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.part_labels import IGNORE_INDEX, PartLabels, cell_sources
+
 
 def warmup_multistep_factor(
     epoch: int, *, warmup_epochs: int, warmup_start: float, milestones: Sequence[int], gamma: float
@@ -65,9 +68,11 @@ class ICGModule(LightningModule):
             needed when ``use_ppc``.
         image_size: (height, width) of the input, which fixes the size of the part-label maps.
         backbone: ``resnet18/34/50/101``.
-        pretrained: backbone weights: ``True`` for torchvision's ImageNet weights (must be on disk when offline),
-            another torchvision weight name (``"IMAGENET1K_V2"``), a file (a state dict or an icg checkpoint, of
-            which only the backbone is taken) or ``False``.
+        weights: backbone weights, torchvision's convention: a weight name (default ``"IMAGENET1K_V1"``, which must
+            be on disk when offline; ``"IMAGENET1K_V2"``, ``"DEFAULT"``), a file (a state dict or an icg
+            checkpoint, of which only the backbone is taken) or ``None`` (random).
+        pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file), translated into
+            ``weights`` with a ``DeprecationWarning``; the hyperparameters keep only ``weights``.
         num_parts: K, body parts of the PPC (the paper's best: 6).
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
         foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
@@ -81,6 +86,9 @@ class ICGModule(LightningModule):
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
         lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
+        head_lr_factor: the learning rate of everything outside the backbone (attention, part classifier, graph,
+            BNNecks and identity classifiers), as a multiple of ``lr`` (fast-reid's ``HEADS_LR_FACTOR``): layers
+            that start from random weights learn faster while a pretrained backbone keeps what it knows.
         warmup_epochs, warmup_start: linear warm-up from ``warmup_start * lr`` over ``warmup_epochs``.
         milestones, gamma: the learning rate is multiplied by ``gamma`` at each milestone epoch.
         center_lr: SGD learning rate of the center-loss centres (BoT: 0.5).
@@ -99,7 +107,8 @@ class ICGModule(LightningModule):
         num_train_samples: int = 0,
         image_size: tuple[int, int] = (256, 128),
         backbone: str = "resnet50",
-        pretrained: bool | str = True,
+        weights: str | None = IMAGENET_WEIGHTS,
+        pretrained: bool | str | None = None,
         num_parts: int = 6,
         use_afm: bool = True,
         use_ppc: bool = True,
@@ -118,6 +127,7 @@ class ICGModule(LightningModule):
         label_smoothing: float = 0.1,
         lr: float = 3.5e-4,
         weight_decay: float = 5e-4,
+        head_lr_factor: float = 1.0,
         warmup_epochs: int = 10,
         warmup_start: float = 0.1,
         milestones: tuple[int, ...] = (40, 70),
@@ -128,7 +138,9 @@ class ICGModule(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        weights = resolve_weights(weights, pretrained)
+        self.save_hyperparameters(ignore=["pretrained"])
+        self.hparams["weights"] = weights
         if use_ppc and num_train_samples < 1:
             raise ValueError(
                 "ICGModule: use_ppc=True needs num_train_samples (the number of training images, "
@@ -137,7 +149,7 @@ class ICGModule(LightningModule):
         self.net = ICGNet(
             num_classes,
             backbone=backbone,
-            pretrained=pretrained,
+            weights=weights,
             num_parts=num_parts,
             use_afm=use_afm,
             use_ppc=use_ppc,
@@ -287,10 +299,16 @@ class ICGModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         centers = list(self.criterion.parameters())
-        center_ids = {id(p) for p in centers}
-        params = [p for p in self.parameters() if p.requires_grad and id(p) not in center_ids]
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        taken = {id(p) for p in centers + backbone}
+        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        # always three groups, so that a checkpoint's optimiser state fits whatever the factor
         optimizer = torch.optim.AdamW(
-            [{"params": params}, {"params": centers, "lr": 0.0, "weight_decay": 0.0}],
+            [
+                {"params": backbone},
+                {"params": heads, "lr": hp.lr * hp.head_lr_factor},
+                {"params": centers, "lr": 0.0, "weight_decay": 0.0},
+            ],
             lr=hp.lr,
             weight_decay=hp.weight_decay,
         )

@@ -4,8 +4,9 @@ against a gallery folder and save the picture (``icg rank``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -83,9 +84,7 @@ def _ids_from_names(paths: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor] 
 
 
 @torch.no_grad()
-def embed_folder(
-    module: ICGModule, folder: str | Path, *, batch_size: int = 64
-) -> tuple[list[Path], ReIDFeatures]:
+def embed_folder(module: ICGModule, folder: str | Path, *, batch_size: int = 64) -> tuple[list[Path], ReIDFeatures]:
     """The image files of ``folder`` (recursive, sorted) and their features under ``module``."""
     files = image_files(folder)
     transform = eval_transform(module.hparams.image_size)
@@ -128,7 +127,9 @@ def rank_folders(
         device: ``cpu`` or ``cuda``.
     """
     # weights_only: a checkpoint from elsewhere must not be able to run code when it is read
-    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True, pretrained=False)
+    module = ICGModule.load_from_checkpoint(
+        ckpt_path, map_location=device, weights_only=True, weights=None, pretrained=None
+    )
     module.eval()
     q_files, q_features = embed_folder(module, query, batch_size=batch_size)
     g_files, g_features = embed_folder(module, gallery, batch_size=batch_size)

@@ -7,8 +7,8 @@ Every function returns a uint8 image tensor ``[3, H, W]`` (show it in a notebook
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -27,8 +27,19 @@ from icg.retrieval import icg_distance
 
 # background (unused) then up to 12 parts: distinct, colour-blind-friendly-ish hues, top part first
 PART_COLORS = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40),
+    (0, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
 ]
 MATCH, MISMATCH, QUERY = (40, 180, 40), (220, 30, 30), (60, 60, 60)
 
@@ -88,8 +99,7 @@ def part_maps(
     images = to_uint8(images).cpu()
     factor = max(1, -(-min_width // images.shape[-1]))
     if factor > 1:
-        images = TF.resize(images, [images.shape[-2] * factor, images.shape[-1] * factor],
-                           TF.InterpolationMode.NEAREST)
+        images = TF.resize(images, [images.shape[-2] * factor, images.shape[-1] * factor], TF.InterpolationMode.NEAREST)
     size = images.shape[-2:]
     columns = [("image", images)]
     if pseudo_labels is not None:
@@ -138,9 +148,7 @@ def _bordered(image: Tensor, color: tuple[int, int, int], width: int = 3) -> Ten
     return framed
 
 
-def ranked_lists(
-    queries: Tensor, galleries: Tensor, correct: Tensor | None = None, *, gap: int = 8
-) -> Tensor:
+def ranked_lists(queries: Tensor, galleries: Tensor, correct: Tensor | None = None, *, gap: int = 8) -> Tensor:
     """One row per query: the query (grey frame) then its top-k gallery images, green when correct, red when not.
 
     Args:
@@ -160,8 +168,12 @@ def ranked_lists(
         row = make_grid(torch.stack(tiles), nrow=len(tiles), padding=2, pad_value=255)
         # a white gap between the query and its ranked list
         width = query.shape[-1] + 4
-        rows.append(torch.cat([row[:, :, :width], torch.full((3, row.shape[1], gap), 255, dtype=torch.uint8),
-                               row[:, :, width:]], dim=2))
+        rows.append(
+            torch.cat(
+                [row[:, :, :width], torch.full((3, row.shape[1], gap), 255, dtype=torch.uint8), row[:, :, width:]],
+                dim=2,
+            )
+        )
     return torch.cat(rows, dim=1)
 
 
@@ -266,8 +278,14 @@ class VisualizationCallback(Callback):
         if output.part_logits is not None and len(pl_module.part_labels):
             labels = pl_module.part_labels.labels[torch.tensor(indices, device=pl_module.device)]
         num_parts = pl_module.part_labels.num_parts
-        return part_maps(images, num_parts=num_parts, pseudo_labels=labels, part_logits=output.part_logits,
-                         foreground=fg, attention=attention)
+        return part_maps(
+            images,
+            num_parts=num_parts,
+            pseudo_labels=labels,
+            part_logits=output.part_logits,
+            foreground=fg,
+            attention=attention,
+        )
 
     @torch.no_grad()
     def _ranking(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:

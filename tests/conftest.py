@@ -30,14 +30,26 @@ def make_market_tree(parent: Path) -> Path:
     root = parent / "Market-1501-v15.09.15"
     write_images(
         root / "bounding_box_train",
-        ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c3s1_000101_01.jpg",
-         "0011_c6s2_000101_01.jpg", "0011_c1s2_000201_01.jpg", "0011_c2s2_000301_01.jpg"],
+        [
+            "0002_c1s1_000451_03.jpg",
+            "0002_c2s1_000551_01.jpg",
+            "0007_c3s1_000101_01.jpg",
+            "0011_c6s2_000101_01.jpg",
+            "0011_c1s2_000201_01.jpg",
+            "0011_c2s2_000301_01.jpg",
+        ],
     )
     write_images(root / "query", ["0001_c1s1_001051_00.jpg", "0003_c4s1_001051_00.jpg"])
     write_images(
         root / "bounding_box_test",
-        ["0001_c2s1_000151_01.jpg", "0003_c5s1_000151_01.jpg", "0000_c1s1_000151_01.jpg",
-         "0000_c3s1_000152_01.jpg", "-1_c1s1_000401_03.jpg", "-1_c2s1_000402_03.jpg"],
+        [
+            "0001_c2s1_000151_01.jpg",
+            "0003_c5s1_000151_01.jpg",
+            "0000_c1s1_000151_01.jpg",
+            "0000_c3s1_000152_01.jpg",
+            "-1_c1s1_000401_03.jpg",
+            "-1_c2s1_000402_03.jpg",
+        ],
     )
     (root / "bounding_box_test" / "Thumbs.db").write_bytes(b"not an image")
     return root
@@ -63,13 +75,21 @@ def make_cuhk03np_tree(parent: Path) -> Path:
 
 def make_msmt17_tree(root: Path, train_dir: str = "train", test_dir: str = "test") -> Path:
     """MSMT17 lists and images below ``root`` (``MSMT17_V1`` layout by default; V2 with mask_*_v2 folders)."""
-    train = {"list_train.txt": [("0000/0000_000_01_0303morning_0015_0.jpg", 0),
-                                ("0000/0000_001_05_0303noon_0016_0.jpg", 0),
-                                ("0004/0004_000_15_0303morning_0015_1.jpg", 4)],
-             "list_val.txt": [("0002/0002_000_03_0303morning_0015_0.jpg", 2)]}
-    test = {"list_query.txt": [("0000/0000_000_02_0303morning_0008_0.jpg", 0)],
-            "list_gallery.txt": [("0000/0000_001_07_0303morning_0009_0.jpg", 0),
-                                 ("0001/0001_000_12_0303afternoon_0010_0.jpg", 1)]}
+    train = {
+        "list_train.txt": [
+            ("0000/0000_000_01_0303morning_0015_0.jpg", 0),
+            ("0000/0000_001_05_0303noon_0016_0.jpg", 0),
+            ("0004/0004_000_15_0303morning_0015_1.jpg", 4),
+        ],
+        "list_val.txt": [("0002/0002_000_03_0303morning_0015_0.jpg", 2)],
+    }
+    test = {
+        "list_query.txt": [("0000/0000_000_02_0303morning_0008_0.jpg", 0)],
+        "list_gallery.txt": [
+            ("0000/0000_001_07_0303morning_0009_0.jpg", 0),
+            ("0001/0001_000_12_0303afternoon_0010_0.jpg", 1),
+        ],
+    }
     for lists, image_dir in ((train, train_dir), (test, test_dir)):
         for list_name, lines in lists.items():
             root.mkdir(parents=True, exist_ok=True)

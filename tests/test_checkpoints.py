@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from icg.checkpoints import AtomicCheckpointIO, find_last_checkpoint, identity_tensor_names, run_version, skip_identity_tensors
+from icg.checkpoints import (
+    AtomicCheckpointIO,
+    find_last_checkpoint,
+    identity_tensor_names,
+    run_version,
+    skip_identity_tensors,
+)
 from icg.module import ICGModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +56,12 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, othe
     changing): the second checkpoint stays whole, $TMPDIR stays empty, the next save leaves no partial file."""
     checkpoints = tmp_path / "checkpoints"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(other_filesystem_tmpdir)}
-    command = [sys.executable, str(REPO / "tests" / "scripts" / "save_checkpoints.py"), str(tmp_path / "data"),
-               str(checkpoints)]
+    command = [
+        sys.executable,
+        str(REPO / "tests" / "scripts" / "save_checkpoints.py"),
+        str(tmp_path / "data"),
+        str(checkpoints),
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:
         durations = []
@@ -100,8 +110,14 @@ def test_last_without_a_last_checkpoint_says_what_to_pass(tmp_path: Path) -> Non
 
 
 def _module(num_classes: int, num_train_samples: int, num_parts: int = 3) -> ICGModule:
-    return ICGModule(num_classes=num_classes, num_train_samples=num_train_samples, image_size=(64, 32),
-                     backbone="resnet18", pretrained=False, num_parts=num_parts)
+    return ICGModule(
+        num_classes=num_classes,
+        num_train_samples=num_train_samples,
+        image_size=(64, 32),
+        backbone="resnet18",
+        weights=None,
+        num_parts=num_parts,
+    )
 
 
 def test_evaluation_skips_only_the_tensors_tied_to_the_training_identities() -> None:

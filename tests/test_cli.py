@@ -36,33 +36,77 @@ TREES = {
 SHIPPED = shipped_recipes()
 SIZE = (64, 32)
 # a run small enough for CPU tests: 8 train ids, resnet18, 64x32
-TINY = ["--config", "synthetic", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-        "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
-        "--data.init_args.num_train_ids", "8", "--data.init_args.num_test_ids", "6",
-        "--data.init_args.image_size", "[64, 32]", "--data.init_args.num_identities", "4",
-        "--data.init_args.num_instances", "2", "--data.init_args.num_workers", "0"]
+TINY = [
+    "--config",
+    "synthetic",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--data.init_args.num_train_ids",
+    "8",
+    "--data.init_args.num_test_ids",
+    "6",
+    "--data.init_args.image_size",
+    "[64, 32]",
+    "--data.init_args.num_identities",
+    "4",
+    "--data.init_args.num_instances",
+    "2",
+    "--data.init_args.num_workers",
+    "0",
+]
 
 
 def test_shipped_names_resolve_to_files() -> None:
     assert resolve_config_names(["fit", "--config", "market1501"])[-1] == str(CONFIG_DIR / "market1501.yaml")
-    assert {"market1501", "market1501_bot", "dukemtmc", "dukemtmc_bot", "cuhk03np_detected", "cuhk03np_labeled",
-            "msmt17", "msmt17_bot", "synthetic"} <= set(SHIPPED)
+    assert {
+        "market1501",
+        "market1501_bot",
+        "dukemtmc",
+        "dukemtmc_bot",
+        "cuhk03np_detected",
+        "cuhk03np_labeled",
+        "msmt17",
+        "msmt17_bot",
+        "synthetic",
+    } <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_parses_and_instantiates(name: str, tmp_path: Path) -> None:
     config = (CONFIG_DIR / f"{name}.yaml").read_text()
     data_class = next(cls for cls in TREES if cls in config) if "Synthetic" not in config else None
-    args = ["--config", name, "--model.init_args.pretrained", "false",
-            "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-            "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "--config",
+        name,
+        "--model.init_args.weights",
+        "null",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     if data_class is not None:
         TREES[data_class](tmp_path)
         args += ["--data.init_args.root", str(tmp_path)]
     else:
         args += ["--data.init_args.root", str(tmp_path / "synthetic")]
-    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 auto_configure_optimizers=False, run=False, args=resolve_config_names(args))
+    cli = ICGCLI(
+        ICGModule,
+        ReIDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        run=False,
+        args=resolve_config_names(args),
+    )
     assert isinstance(cli.model, ICGModule) and isinstance(cli.datamodule, ReIDDataModule)
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     bot = name.endswith("_bot")
@@ -109,8 +153,20 @@ def test_fit_writes_checkpoints_config_and_pictures(fitted: Path) -> None:
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
 def test_validate_and_test_from_the_checkpoint(fitted: Path, subcommand: str, capsys) -> None:
     ckpt = next((fitted / "runs" / "lightning_logs").iterdir()) / "checkpoints" / "last.ckpt"
-    main([subcommand, *TINY, "--data.init_args.root", str(fitted / "data"), "--ckpt_path", str(ckpt),
-          "--trainer.default_root_dir", str(fitted / subcommand), "--trainer.callbacks", "[]"])
+    main(
+        [
+            subcommand,
+            *TINY,
+            "--data.init_args.root",
+            str(fitted / "data"),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.default_root_dir",
+            str(fitted / subcommand),
+            "--trainer.callbacks",
+            "[]",
+        ]
+    )
     out = capsys.readouterr().out
     stage = "val" if subcommand == "validate" else "test"
     assert f"{stage}/mAP" in out and "rank1" in out.lower()
@@ -121,16 +177,44 @@ def test_predict_writes_features_and_rank_writes_a_picture(fitted: Path, tmp_pat
     ckpt = next((fitted / "runs" / "lightning_logs").iterdir()) / "checkpoints" / "last.ckpt"
     query = fitted / "data" / "query"
     output = tmp_path / "features.pt"
-    main(["predict", *TINY, "--data.init_args.root", str(fitted / "data"), "--ckpt_path", str(ckpt),
-          "--data.init_args.predict_dir", str(query), "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.callbacks", "[{class_path: icg.predict.FeatureWriter, init_args: {output: " + str(output) + "}}]"])
+    main(
+        [
+            "predict",
+            *TINY,
+            "--data.init_args.root",
+            str(fitted / "data"),
+            "--ckpt_path",
+            str(ckpt),
+            "--data.init_args.predict_dir",
+            str(query),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.callbacks",
+            "[{class_path: icg.predict.FeatureWriter, init_args: {output: " + str(output) + "}}]",
+        ]
+    )
     features = torch.load(output, weights_only=True)
     files = sorted(query.glob("*.jpg"))
     assert features["paths"] == [str(p) for p in files]
     assert features["global_feat"].shape[0] == len(files) and features["parts"].shape[:2] == (len(files), 6)
     picture = tmp_path / "ranking.png"
-    main(["rank", "--ckpt_path", str(ckpt), "--query", str(query), "--gallery", str(fitted / "data" / "bounding_box_test"),
-          "--output", str(picture), "--top_k", "5", "--max_queries", "3"])
+    main(
+        [
+            "rank",
+            "--ckpt_path",
+            str(ckpt),
+            "--query",
+            str(query),
+            "--gallery",
+            str(fitted / "data" / "bounding_box_test"),
+            "--output",
+            str(picture),
+            "--top_k",
+            "5",
+            "--max_queries",
+            "3",
+        ]
+    )
     assert Image.open(picture).size[1] == 3 * (SIZE[0] + 4)
 
 
@@ -138,9 +222,24 @@ def test_predict_writes_features_and_rank_writes_a_picture(fitted: Path, tmp_pat
 def test_wandb_offline_run_logs_pictures(fitted: Path, tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     os.environ["WANDB_SILENT"] = "true"
-    main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.logger", "WandbLogger", "--trainer.logger.init_args.offline", "true",
-          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.project", "icg-test"])
+    main(
+        [
+            "fit",
+            *TINY,
+            "--data.init_args.root",
+            str(fitted / "data"),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "WandbLogger",
+            "--trainer.logger.init_args.offline",
+            "true",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.logger.init_args.project",
+            "icg-test",
+        ]
+    )
     images = list((tmp_path / "wandb").glob("offline-run-*/files/media/images/pictures/*.png"))
     assert {path.name.split("_")[0] for path in images} >= {"parts", "ranking", "adjacency"}
 
@@ -148,9 +247,25 @@ def test_wandb_offline_run_logs_pictures(fitted: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_process_ddp_fit_on_cpu(fitted: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "icg", "fit", *TINY, "--data.init_args.root", str(fitted / "data"),
-               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-               "--data.init_args.num_identities", "2", "--trainer.default_root_dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "icg",
+        "fit",
+        *TINY,
+        "--data.init_args.root",
+        str(fitted / "data"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--data.init_args.num_identities",
+        "2",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -171,8 +286,20 @@ def three_epochs(fitted: Path, tmp_path_factory) -> Path:
     """`icg fit` for 3 epochs validating every 2nd (as the recipes validate every 10th); returns the run folder,
     where ``after-3-epochs.ckpt`` keeps its last.ckpt (test_fit_ckpt_path_last_resumes... continues the run)."""
     runs = tmp_path_factory.mktemp("three_epochs")
-    main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir", str(runs),
-          "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "2"])
+    main(
+        [
+            "fit",
+            *TINY,
+            "--data.init_args.root",
+            str(fitted / "data"),
+            "--trainer.default_root_dir",
+            str(runs),
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.check_val_every_n_epoch",
+            "2",
+        ]
+    )
     shutil.copy(_last(runs), runs / "after-3-epochs.ckpt")
     return runs
 
@@ -202,9 +329,24 @@ def test_fit_ckpt_path_last_resumes_the_run_in_its_own_folder(three_epochs: Path
     before = next(v for k, v in _load(three_epochs / "after-3-epochs.ckpt")["callbacks"].items() if "val/mAP" in k)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir",
-              str(three_epochs), "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "2",
-              "--ckpt_path", "last", "--model.init_args.center_lr", "0.25"])
+        main(
+            [
+                "fit",
+                *TINY,
+                "--data.init_args.root",
+                str(fitted / "data"),
+                "--trainer.default_root_dir",
+                str(three_epochs),
+                "--trainer.max_epochs",
+                "4",
+                "--trainer.check_val_every_n_epoch",
+                "2",
+                "--ckpt_path",
+                "last",
+                "--model.init_args.center_lr",
+                "0.25",
+            ]
+        )
     assert [p.name for p in (three_epochs / "lightning_logs").iterdir()] == ["version_0"]  # no new version folder
     last = _load(_last(three_epochs))
     assert (last["epoch"], last["global_step"]) == (3, 4 * 2)  # continued from step 6, not from scratch
@@ -225,8 +367,18 @@ def test_fit_ckpt_path_last_without_a_run_says_what_to_pass(fitted: Path, tmp_pa
     best.parent.mkdir(parents=True)
     shutil.copy(_last(fitted / "runs"), best)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *TINY, "--data.init_args.root", str(fitted / "data"), "--trainer.default_root_dir",
-              str(tmp_path), "--ckpt_path", "last"])
+        main(
+            [
+                "fit",
+                *TINY,
+                "--data.init_args.root",
+                str(fitted / "data"),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--ckpt_path",
+                "last",
+            ]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"--ckpt_path {best}" in error and "leave out --ckpt_path" in error
@@ -242,15 +394,34 @@ def test_a_checkpoint_evaluates_another_dataset(fitted: Path, tmp_path_factory, 
     run = tmp_path_factory.mktemp(subcommand)
     ckpt = _last(fitted / "runs")
     caplog.set_level(logging.INFO)
-    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 auto_configure_optimizers=False, trainer_defaults={"use_distributed_sampler": False},
-                 args=resolve_config_names([subcommand, *TINY, "--data", "icg.data.DukeMTMCDataModule",
-                                            "--data.init_args.root", str(other), "--ckpt_path", str(ckpt),
-                                            "--trainer.default_root_dir", str(run), "--trainer.callbacks", "[]"]))
+    cli = ICGCLI(
+        ICGModule,
+        ReIDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={"use_distributed_sampler": False},
+        args=resolve_config_names(
+            [
+                subcommand,
+                *TINY,
+                "--data",
+                "icg.data.DukeMTMCDataModule",
+                "--data.init_args.root",
+                str(other),
+                "--ckpt_path",
+                str(ckpt),
+                "--trainer.default_root_dir",
+                str(run),
+                "--trainer.callbacks",
+                "[]",
+            ]
+        ),
+    )
     assert cli.datamodule.num_classes == 5 and _load(ckpt)["hyper_parameters"]["num_classes"] == 8
     assert "trained on other identities" in caplog.text and "net.heads.global.classifier.weight (8, " in caplog.text
     # reference: the trained network, loaded as trained, gives the same features
-    reference = ICGModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, pretrained=False).eval()
+    reference = ICGModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, weights=None).eval()
     images = load_images([r.path for r in cli.datamodule.eval_records[:4]], cli.datamodule.eval_transform)
     for (name, expected), (_, got) in zip(reference.extract(images).items(), cli.model.eval().extract(images).items()):
         assert torch.allclose(expected, got, atol=1e-5), name
@@ -262,14 +433,28 @@ def test_a_checkpoint_evaluates_another_dataset(fitted: Path, tmp_path_factory, 
         assert 0.0 <= float(cli.trainer.callback_metrics[f"{stage}/mAP"]) <= 1.0
 
 
-@pytest.mark.parametrize(("subcommand", "name", "value", "stored"),
-                         [("test", "num_parts", "4", "6"), ("validate", "use_fsg", "false", "True"),
-                          ("fit", "lr", "0.123", "0.001")])
-def test_an_explicit_value_that_cannot_take_effect_is_an_error(fitted: Path, subcommand: str, name: str,
-                                                               value: str, stored: str, capsys) -> None:
+@pytest.mark.parametrize(
+    ("subcommand", "name", "value", "stored"),
+    [("test", "num_parts", "4", "6"), ("validate", "use_fsg", "false", "True"), ("fit", "lr", "0.123", "0.001")],
+)
+def test_an_explicit_value_that_cannot_take_effect_is_an_error(
+    fitted: Path, subcommand: str, name: str, value: str, stored: str, capsys
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main([subcommand, *TINY, "--data.init_args.root", str(fitted / "data"), f"--model.init_args.{name}", value,
-              "--ckpt_path", str(_last(fitted / "runs")), "--trainer.default_root_dir", str(fitted / "unused")])
+        main(
+            [
+                subcommand,
+                *TINY,
+                "--data.init_args.root",
+                str(fitted / "data"),
+                f"--model.init_args.{name}",
+                value,
+                "--ckpt_path",
+                str(_last(fitted / "runs")),
+                "--trainer.default_root_dir",
+                str(fitted / "unused"),
+            ]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"--model.init_args.{name} {value if value != 'false' else 'False'} cannot take effect" in error
@@ -280,12 +465,31 @@ def test_an_explicit_value_that_cannot_take_effect_is_an_error(fitted: Path, sub
 def test_explicit_values_win_over_the_checkpoint(fitted: Path, tmp_path: Path) -> None:
     ckpt = _last(fitted / "runs")
     assert _load(ckpt)["hyper_parameters"]["rerank"] is False
-    cli = ICGCLI(ICGModule, ReIDDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 auto_configure_optimizers=False, trainer_defaults={"use_distributed_sampler": False},
-                 args=resolve_config_names(["validate", *TINY, "--data.init_args.root", str(fitted / "data"),
-                                            "--model.rerank", "true", "--model.init_args.fg_threshold=0.7",
-                                            "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path),
-                                            "--trainer.callbacks", "[]"]))
+    cli = ICGCLI(
+        ICGModule,
+        ReIDDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={"use_distributed_sampler": False},
+        args=resolve_config_names(
+            [
+                "validate",
+                *TINY,
+                "--data.init_args.root",
+                str(fitted / "data"),
+                "--model.rerank",
+                "true",
+                "--model.init_args.fg_threshold=0.7",
+                "--ckpt_path",
+                str(ckpt),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.callbacks",
+                "[]",
+            ]
+        ),
+    )
     assert cli.model.hparams.rerank is True and cli.model.val_metric.rerank is True
     assert cli.model.hparams.fg_threshold == 0.7
 
@@ -317,8 +521,17 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_by_every_entry_point(
         "fit": ["fit", *common, "--ckpt_path", str(_last(run))],
         "fit last": ["fit", *common, "--ckpt_path", "last"],
         **{name: [name, *common, "--ckpt_path", str(_last(run))] for name in ("validate", "test", "predict")},
-        "rank": ["rank", "--ckpt_path", str(_last(run)), "--query", str(fitted / "data" / "query"),
-                 "--gallery", str(fitted / "data" / "query"), "--output", str(tmp_path / "ranking.png")],
+        "rank": [
+            "rank",
+            "--ckpt_path",
+            str(_last(run)),
+            "--query",
+            str(fitted / "data" / "query"),
+            "--gallery",
+            str(fitted / "data" / "query"),
+            "--output",
+            str(tmp_path / "ranking.png"),
+        ],
     }
     for name, command in commands.items():
         with pytest.raises(pickle.UnpicklingError, match="weights_only"):
@@ -350,9 +563,32 @@ def test_rank_and_predict_refuse_a_diverged_checkpoint(fitted: Path, tmp_path: P
     query = fitted / "data" / "query"
     first = str(sorted(query.glob("*.jpg"))[0])
     with pytest.raises(NonFiniteFeaturesError, match=re.escape(first)):
-        main(["rank", "--ckpt_path", str(ckpt), "--query", str(query), "--gallery", str(query),
-              "--output", str(tmp_path / "ranking.png")])
+        main(
+            [
+                "rank",
+                "--ckpt_path",
+                str(ckpt),
+                "--query",
+                str(query),
+                "--gallery",
+                str(query),
+                "--output",
+                str(tmp_path / "ranking.png"),
+            ]
+        )
     with pytest.raises(NonFiniteFeaturesError, match=r"icg predict: .*" + re.escape(first)):
-        main(["predict", *TINY, "--data.init_args.root", str(fitted / "data"), "--ckpt_path", str(ckpt),
-              "--data.init_args.predict_dir", str(query), "--trainer.default_root_dir", str(tmp_path)])
+        main(
+            [
+                "predict",
+                *TINY,
+                "--data.init_args.root",
+                str(fitted / "data"),
+                "--ckpt_path",
+                str(ckpt),
+                "--data.init_args.predict_dir",
+                str(query),
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
     assert sorted(p.name for p in tmp_path.rglob("*.p*")) == []  # neither ranking.png nor features.pt

@@ -105,12 +105,12 @@ def test_parts_top_to_bottom_hand_case() -> None:
     assert parts_top_to_bottom(assignment, rows, 4).tolist() == [2, 3, 1, 4]
 
 
-def test_kmeans_plusplus_spreads_centres_over_separated_groups() -> None:
+def test_kmeans_plusplus_spreads_centers_over_separated_groups() -> None:
     rng = np.random.default_rng(0)
     groups = np.repeat(np.eye(4, 16, dtype=np.float32), [50, 5, 5, 40], axis=0)
-    centres = kmeans_plusplus(groups, 4, rng)
+    centers = kmeans_plusplus(groups, 4, rng)
     # D^2 sampling never picks a point that coincides with a centre already drawn while others are left
-    assert sorted(int(c.argmax()) for c in centres) == [0, 1, 2, 3]
+    assert sorted(int(c.argmax()) for c in centers) == [0, 1, 2, 3]
 
 
 def test_spherical_kmeans_recovers_separated_clusters() -> None:
@@ -263,16 +263,26 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_datamodule(root: Path) -> SyntheticDataModule:
     return SyntheticDataModule(
-        root=str(root), num_train_ids=4, num_test_ids=2, image_size=(64, 32),
-        num_identities=2, num_instances=2, num_workers=0,
+        root=str(root),
+        num_train_ids=4,
+        num_test_ids=2,
+        image_size=(64, 32),
+        num_identities=2,
+        num_instances=2,
+        num_workers=0,
     )
 
 
 def make_module(datamodule: SyntheticDataModule) -> ICGModule:
     torch.manual_seed(0)
     return ICGModule(
-        num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples, image_size=(64, 32),
-        backbone="resnet18", pretrained=False, num_parts=3, warmup_epochs=1,
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=(64, 32),
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
+        warmup_epochs=1,
     )
 
 
@@ -310,12 +320,28 @@ class LabelSnapshots(Callback):
         self.labels[trainer.current_epoch] = pl_module.part_labels.labels.clone()
 
 
-def fit(module: ICGModule, root: Path, workdir: Path, callbacks: list[Callback], max_epochs: int,
-        ckpt_path: Path | None = None) -> Trainer:
+def fit(
+    module: ICGModule,
+    root: Path,
+    workdir: Path,
+    callbacks: list[Callback],
+    max_epochs: int,
+    ckpt_path: Path | None = None,
+) -> Trainer:
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=1, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, num_sanity_val_steps=0, default_root_dir=workdir, callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        default_root_dir=workdir,
+        callbacks=callbacks,
     )
     trainer.fit(module, datamodule=make_datamodule(root), ckpt_path=ckpt_path)
     return trainer
@@ -368,8 +394,7 @@ def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_pat
 
 
 def test_callback_does_nothing_for_a_model_without_parts() -> None:
-    bot = ICGModule(num_classes=3, backbone="resnet18", pretrained=False, use_afm=False, use_ppc=False,
-                    use_fsg=False)
+    bot = ICGModule(num_classes=3, backbone="resnet18", weights=None, use_afm=False, use_ppc=False, use_fsg=False)
     trainer = SimpleNamespace(current_epoch=0, datamodule=None)
     PartClustering().on_train_epoch_start(trainer, bot)  # no datamodule needed, no error
 

@@ -19,8 +19,9 @@ SIZE = (64, 32)
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory) -> SyntheticDataModule:
     root = tmp_path_factory.mktemp("synthetic") / "market"
-    return SyntheticDataModule(str(root), num_train_ids=6, num_test_ids=4, image_size=SIZE, num_identities=3,
-                               num_instances=2, num_workers=0)
+    return SyntheticDataModule(
+        str(root), num_train_ids=6, num_test_ids=4, image_size=SIZE, num_identities=3, num_instances=2, num_workers=0
+    )
 
 
 @pytest.mark.slow
@@ -28,14 +29,33 @@ def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(
     datamodule: SyntheticDataModule, tmp_path: Path
 ) -> None:
     # epoch 0 trains at lr 1e-3; from epoch 1 the schedule multiplies it by 1e30, and the loss explodes
-    model = ICGModule(num_classes=datamodule.num_classes, image_size=SIZE, backbone="resnet18", pretrained=False,
-                      use_afm=False, use_ppc=False, use_fsg=False, lr=1e-3, warmup_epochs=0, milestones=(1,),
-                      gamma=1e30)
-    last = ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False,
-                           save_on_train_epoch_end=True)  # the recipes' last.ckpt
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, limit_train_batches=3, limit_val_batches=0, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                         callbacks=[last])
+    model = ICGModule(
+        num_classes=datamodule.num_classes,
+        image_size=SIZE,
+        backbone="resnet18",
+        weights=None,
+        use_afm=False,
+        use_ppc=False,
+        use_fsg=False,
+        lr=1e-3,
+        warmup_epochs=0,
+        milestones=(1,),
+        gamma=1e30,
+    )
+    last = ModelCheckpoint(
+        dirpath=tmp_path, filename="last", enable_version_counter=False, save_on_train_epoch_end=True
+    )  # the recipes' last.ckpt
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[last],
+    )
     with pytest.raises(DivergenceError) as error:
         trainer.fit(model, datamodule=datamodule)
     message = str(error.value)
@@ -56,8 +76,9 @@ def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(
 
 
 def test_extract_refuses_non_finite_features() -> None:
-    module = ICGModule(num_classes=4, num_train_samples=8, image_size=SIZE, backbone="resnet18", pretrained=False,
-                       num_parts=3).eval()
+    module = ICGModule(
+        num_classes=4, num_train_samples=8, image_size=SIZE, backbone="resnet18", weights=None, num_parts=3
+    ).eval()
     images = torch.randn(3, 3, *SIZE)
     assert all(bool(torch.isfinite(value).all()) for _, value in module.extract(images).items())
     with torch.no_grad():

@@ -32,7 +32,11 @@ def test_custom_dataset_example_trains_and_validates(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "custom_dataset.py"), "--root", str(tmp_path / "mine"), "--epochs", "1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PersonFolders(" in result.stdout and "val/mAP" in result.stdout

@@ -29,7 +29,7 @@ def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
             continue
         hits = np.flatnonzero(matches)  # 0-based ranks of the true matches
         curve = np.zeros(max_rank)
-        curve[hits[0]:] = 1.0
+        curve[hits[0] :] = 1.0
         cmc.append(curve)
         aps.append(np.mean([(n + 1) / (r + 1) for n, r in enumerate(hits)]))
         inps.append(len(hits) / (hits[-1] + 1))
@@ -100,8 +100,9 @@ def test_hand_computed_case():
 def test_matches_reference_loop(kind, num_query, num_gallery, num_ids):
     # Few ids per image give many matches per query (binary-search counting), the large case gives big row
     # groups (compare-pass counting); "easy" puts the last match early (rows packed to their first entries).
-    dist, q_pids, g_pids, q_cams, g_cams = random_problem(num_query + num_gallery, num_query, num_gallery, num_ids,
-                                                          kind)
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(
+        num_query + num_gallery, num_query, num_gallery, num_ids, kind
+    )
     expected = reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
     assert 0 < expected[3] < num_query  # some queries are valid, some are skipped
     for chunk_size in (1, 7, None) if num_query < 100 else (16, None):
@@ -160,8 +161,7 @@ def test_bad_inputs_are_named():
 def test_cuda_matches_reference():
     dist, q_pids, g_pids, q_cams, g_cams = random_problem(9, 60, 500, 10, "ties")
     expected = reference_evaluate(dist, q_pids, g_pids, q_cams, g_cams)
-    assert_result(evaluate_rank(torch.from_numpy(dist).cuda(), q_pids, g_pids, q_cams, g_cams, chunk_size=16),
-                  expected)
+    assert_result(evaluate_rank(torch.from_numpy(dist).cuda(), q_pids, g_pids, q_cams, g_cams, chunk_size=16), expected)
 
 
 # ------------------------------------------------------------------------------------------------- ReIDMetric
@@ -178,10 +178,22 @@ def expected_metric(features, pids, camids, is_query, rerank=False):
     q, g = features[is_query], features[~is_query]
     distmat = reference_icg_distance(as_numpy(q), as_numpy(g))
     if rerank:
-        distmat = reference_rerank(distmat, reference_icg_distance(as_numpy(q), as_numpy(q)),
-                                   reference_icg_distance(as_numpy(g), as_numpy(g)), 20, 6, 0.3)
-    m_ap, m_inp, cmc, _ = reference_evaluate(distmat, pids[is_query].numpy(), pids[~is_query].numpy(),
-                                             camids[is_query].numpy(), camids[~is_query].numpy(), max_rank=10)
+        distmat = reference_rerank(
+            distmat,
+            reference_icg_distance(as_numpy(q), as_numpy(q)),
+            reference_icg_distance(as_numpy(g), as_numpy(g)),
+            20,
+            6,
+            0.3,
+        )
+    m_ap, m_inp, cmc, _ = reference_evaluate(
+        distmat,
+        pids[is_query].numpy(),
+        pids[~is_query].numpy(),
+        camids[is_query].numpy(),
+        camids[~is_query].numpy(),
+        max_rank=10,
+    )
     return {"mAP": m_ap, "mINP": m_inp, "rank1": cmc[0], "rank5": cmc[4], "rank10": cmc[9]}
 
 
@@ -213,10 +225,15 @@ def test_plain_tensor_mode_is_cosine_evaluate_rank():
     metric.update(features.global_feat[20:], pids[20:], camids[20:], is_query[20:])
     q, g = features.global_feat[is_query].double().numpy(), features.global_feat[~is_query].double().numpy()
     cosine = 1 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
-    m_ap, m_inp, cmc, _ = reference_evaluate(cosine, pids[is_query].numpy(), pids[~is_query].numpy(),
-                                             camids[is_query].numpy(), camids[~is_query].numpy(), max_rank=10)
-    assert_metric(metric.compute(), {"mAP": m_ap, "mINP": m_inp, "rank1": cmc[0], "rank5": cmc[4],
-                                     "rank10": cmc[9]})
+    m_ap, m_inp, cmc, _ = reference_evaluate(
+        cosine,
+        pids[is_query].numpy(),
+        pids[~is_query].numpy(),
+        camids[is_query].numpy(),
+        camids[~is_query].numpy(),
+        max_rank=10,
+    )
+    assert_metric(metric.compute(), {"mAP": m_ap, "mINP": m_inp, "rank1": cmc[0], "rank5": cmc[4], "rank10": cmc[9]})
 
 
 def test_metric_drops_repeated_samples_and_checks_updates():
@@ -256,12 +273,18 @@ def test_format_rank_table():
 def test_ddp_gather_equals_single_process(tmp_path):
     out = tmp_path / "ddp.npz"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "ddp_metric.py"), str(out)],
-                          env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "scripts" / "ddp_metric.py"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = np.load(out)
-    features = ReIDFeatures(**{name: torch.from_numpy(data[name]) for name in
-                               ("global_feat", "foreground", "parts", "graph", "visibility")})
+    features = ReIDFeatures(
+        **{name: torch.from_numpy(data[name]) for name in ("global_feat", "foreground", "parts", "graph", "visibility")}
+    )
     pids, camids, is_query = (torch.from_numpy(data[name]) for name in ("pids", "camids", "is_query"))
     expected = expected_metric(features, pids, camids, is_query)
     results = json.loads(str(data["results"]))

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
 from icg.losses import pixel_cross_entropy
-from icg.module import ICGModule, warmup_multistep_factor
 from icg.model import build_backbone
+from icg.module import ICGModule, warmup_multistep_factor
 from icg.part_labels import IGNORE_INDEX
 
 H, W = 64, 32  # feature map 4 x 2 at output stride 16
@@ -16,8 +18,9 @@ def _identity_source() -> torch.Tensor:
 
 
 def test_foreground_target_ignores_padding_and_erased_cells() -> None:
-    module = ICGModule(num_classes=4, image_size=(H, W), backbone="resnet18", pretrained=False,
-                       use_ppc=False, use_fsg=False)
+    module = ICGModule(
+        num_classes=4, image_size=(H, W), backbone="resnet18", weights=None, use_ppc=False, use_fsg=False
+    )
     rows = torch.arange(H)[:, None] + 16  # shifted down by one cell: the last cell row shows padding
     source = torch.where(rows < H, rows * W + torch.arange(W)[None, :], -1)
     source[0:16, 0:16] = -1  # an erased box over cell (0, 0)
@@ -42,20 +45,31 @@ def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool)
     # pixel classifiers read normalised cells, so L_sep cannot change the norms the target is read from.
     torch.manual_seed(0)
     height, width = 128, 64
-    module = ICGModule(num_classes=2, num_train_samples=16, image_size=(height, width), backbone="resnet18",
-                       pretrained=False, use_fsg=False, foreground_from_parts=foreground_from_parts,
-                       fg_threshold=0.7)
+    module = ICGModule(
+        num_classes=2,
+        num_train_samples=16,
+        image_size=(height, width),
+        backbone="resnet18",
+        weights=None,
+        use_fsg=False,
+        foreground_from_parts=foreground_from_parts,
+        fg_threshold=0.7,
+    )
     module.net.backbone.requires_grad_(False)
     images = torch.randn(16, 3, height, width) * 0.5
     images[:, :, 16:120, 20:44] += torch.randn(16, 3, 1, 1) * 1.5
     on_object = torch.zeros(8, 4, dtype=torch.bool)
     on_object[1:8, 1:3] = True
-    batch = {"image": images, "source": torch.arange(height * width).view(1, height, width).expand(16, -1, -1),
-             "index": torch.arange(16)}
+    batch = {
+        "image": images,
+        "source": torch.arange(height * width).view(1, height, width).expand(16, -1, -1),
+        "index": torch.arange(16),
+    }
     # No weight decay: the test is about what L_sep does to the attention, not decay. Adam's default eps (1e-8)
     # would turn the attention's rounding-noise gradient (~1e-8) into full steps of size lr; 1e-6 does not.
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0,
-                                  eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        [p for p in module.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0, eps=1e-6
+    )
     on_shares, off_shares, attention_gradients = [], [], []
     for _ in range(60):
         output = module(images)
@@ -73,59 +87,126 @@ def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool)
     assert max(attention_gradients) < 1e-6
 
 
-def test_weight_decay_is_decoupled_from_the_loss_weights() -> None:
+def test_weight_decay_is_decoupled_and_the_heads_take_their_own_lr() -> None:
     # AdamW shrinks a parameter without gradient by exactly lr * weight_decay per step, whatever the loss weights;
     # Adam's L2 penalty would move it by ~lr (its gradient is the penalty alone, which Adam normalises to 1).
-    module = ICGModule(num_classes=3, num_train_samples=2, image_size=(H, W), backbone="resnet18",
-                       pretrained=False, num_parts=3, lr=1e-3, weight_decay=0.05, warmup_epochs=0)
+    module = ICGModule(
+        num_classes=3,
+        num_train_samples=2,
+        image_size=(H, W),
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
+        lr=1e-3,
+        weight_decay=0.05,
+        head_lr_factor=10.0,
+        warmup_epochs=0,
+    )
     optimizer = module.configure_optimizers()["optimizer"]
-    before = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
-    for parameter in optimizer.param_groups[0]["params"]:
-        parameter.grad = torch.zeros_like(parameter)
+    backbone, heads, centers = optimizer.param_groups
+    # the backbone at lr, every other trained weight (attention, part classifier, graph, heads) at 10 x lr
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in module.net.backbone.parameters()}
+    assert {id(p) for p in heads["params"]} >= {id(p) for p in module.net.part_classifier.parameters()}
+    trained = [p for p in module.parameters() if p.requires_grad]  # BNNeck biases are frozen (BoT)
+    assert len(backbone["params"]) + len(heads["params"]) + len(centers["params"]) == len(trained)
+    before = {id(p): p.detach().clone() for group in (backbone, heads) for p in group["params"]}
+    for group in (backbone, heads):
+        for parameter in group["params"]:
+            parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
-    for old, parameter in zip(before, optimizer.param_groups[0]["params"]):
-        torch.testing.assert_close(parameter.detach(), old * (1 - 1e-3 * 0.05), rtol=1e-6, atol=1e-9)
-    assert optimizer.param_groups[1]["weight_decay"] == 0.0  # the centre-loss centres are not decayed
+    for group, lr in ((backbone, 1e-3), (heads, 1e-2)):
+        for parameter in group["params"]:
+            expected = before[id(parameter)] * (1 - lr * 0.05)
+            torch.testing.assert_close(parameter.detach(), expected, rtol=1e-6, atol=1e-9)
+    assert centers["weight_decay"] == 0.0  # the centre-loss centres are not decayed
 
 
 @pytest.mark.parametrize(("image_size", "stride"), [((256, 128), 16), ((250, 100), 16), ((64, 32), 8), ((97, 45), 8)])
 def test_the_part_labels_have_the_size_of_the_backbone_map(image_size, stride) -> None:
-    backbone = build_backbone("resnet50" if stride == 8 else "resnet18", pretrained=False, output_stride=stride)
+    backbone = build_backbone("resnet50" if stride == 8 else "resnet18", weights=None, output_stride=stride)
     with torch.no_grad():
         out = backbone(torch.zeros(1, 3, *image_size))
     assert backbone.output_size(image_size) == tuple(out.shape[-2:])
-    module = ICGModule(num_classes=2, num_train_samples=3, image_size=image_size, backbone="resnet18",
-                       pretrained=False, num_parts=4, output_stride=16)
-    assert module.part_labels.size == build_backbone("resnet18", pretrained=False).output_size(image_size)
+    module = ICGModule(
+        num_classes=2,
+        num_train_samples=3,
+        image_size=image_size,
+        backbone="resnet18",
+        weights=None,
+        num_parts=4,
+        output_stride=16,
+    )
+    assert module.part_labels.size == build_backbone("resnet18", weights=None).output_size(image_size)
 
 
 def test_bot_schedule() -> None:
     factor = lambda epoch: warmup_multistep_factor(  # noqa: E731
-        epoch, warmup_epochs=10, warmup_start=0.1, milestones=(40, 70), gamma=0.1)
+        epoch, warmup_epochs=10, warmup_start=0.1, milestones=(40, 70), gamma=0.1
+    )
     # 3.5e-5 -> 3.5e-4 linearly over 10 epochs, x0.1 at 40 and 70
     assert [round(factor(e), 6) for e in (0, 5, 9, 10, 39, 40, 69, 70, 119)] == [
-        0.1, 0.55, 0.91, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+        0.1,
+        0.55,
+        0.91,
+        1.0,
+        1.0,
+        0.1,
+        0.1,
+        0.01,
+        0.01,
+    ]
 
 
 def test_bot_mode_has_no_part_buffers_and_one_branch() -> None:
-    bot = ICGModule(num_classes=5, backbone="resnet18", pretrained=False,
-                    use_afm=False, use_ppc=False, use_fsg=False)
+    bot = ICGModule(num_classes=5, backbone="resnet18", weights=None, use_afm=False, use_ppc=False, use_fsg=False)
     assert len(bot.part_labels) == 0 and list(bot.net.branch_dims) == ["global"]
+
+
+def test_deprecated_pretrained_becomes_weights_in_the_hyperparameters(tmp_path) -> None:
+    with pytest.warns(DeprecationWarning, match="use `weights`"):
+        module = ICGModule(
+            num_classes=5, backbone="resnet18", pretrained=False, use_afm=False, use_ppc=False, use_fsg=False
+        )
+    assert module.hparams["weights"] is None and "pretrained" not in module.hparams
+    # a checkpoint saved before `weights` existed holds pretrained=True: loading it for evaluation as the CLI and
+    # icg.predict do (weights=None, pretrained=None) neither warns nor asks for ImageNet weights
+    checkpoint = tmp_path / "old.ckpt"
+    hparams = {**module.hparams, "pretrained": True}
+    del hparams["weights"]
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"},
+        checkpoint,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded = ICGModule.load_from_checkpoint(checkpoint, weights_only=True, weights=None, pretrained=None)
+    assert loaded.hparams["weights"] is None
 
 
 def test_ppc_without_sample_count_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="num_train_samples"):
-        ICGModule(num_classes=5, backbone="resnet18", pretrained=False)
+        ICGModule(num_classes=5, backbone="resnet18", weights=None)
 
 
-def test_centres_take_bots_sgd_step_on_the_unweighted_gradient(monkeypatch) -> None:
+def test_centers_take_bots_sgd_step_on_the_unweighted_gradient(monkeypatch) -> None:
     torch.manual_seed(0)
-    model = ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18",
-                      pretrained=False, num_parts=3, center_lr=0.5)
+    model = ICGModule(
+        num_classes=3,
+        num_train_samples=6,
+        image_size=(H, W),
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
+        center_lr=0.5,
+    )
     monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
     monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
-    batch = {"image": torch.randn(6, 3, H, W), "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
-             "index": torch.arange(6), "source": _identity_source().expand(6, H, W)}
+    batch = {
+        "image": torch.randn(6, 3, H, W),
+        "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
+        "index": torch.arange(6),
+        "source": _identity_source().expand(6, H, W),
+    }
     before = {name: loss.centers.detach().clone() for name, loss in model.criterion.center.items()}
     with torch.no_grad():
         features = {name: branch.features for name, branch in model.net(batch["image"]).branches.items()}
@@ -144,8 +225,7 @@ def test_centres_take_bots_sgd_step_on_the_unweighted_gradient(monkeypatch) -> N
 
 def _twin(**flags) -> tuple[ICGModule, ICGModule]:
     torch.manual_seed(0)
-    kwargs = dict(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", pretrained=False,
-                  num_parts=3)
+    kwargs = dict(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", weights=None, num_parts=3)
     plain, variant = ICGModule(**kwargs), ICGModule(**kwargs, **flags)
     variant.load_state_dict(plain.state_dict())
     return plain.eval(), variant.eval()
@@ -166,8 +246,9 @@ def test_channels_last_gives_the_same_results() -> None:
     assert channels_last.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     _assert_same_outputs(plain, channels_last, atol=1e-4)
     # checkpoints load across the flag
-    ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", pretrained=False,
-              num_parts=3).load_state_dict(channels_last.state_dict())
+    ICGModule(
+        num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", weights=None, num_parts=3
+    ).load_state_dict(channels_last.state_dict())
 
 
 @pytest.mark.slow
@@ -178,12 +259,17 @@ def test_compiled_network_gives_the_same_results() -> None:
 
 
 def test_bf16_autocast_training_step_runs(monkeypatch) -> None:
-    model = ICGModule(num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18",
-                      pretrained=False, num_parts=3)
+    model = ICGModule(
+        num_classes=3, num_train_samples=6, image_size=(H, W), backbone="resnet18", weights=None, num_parts=3
+    )
     monkeypatch.setattr(model, "log", lambda *args, **kwargs: None)
     monkeypatch.setattr(model, "log_dict", lambda *args, **kwargs: None)
-    batch = {"image": torch.randn(6, 3, H, W), "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
-             "index": torch.arange(6), "source": _identity_source().expand(6, H, W)}
+    batch = {
+        "image": torch.randn(6, 3, H, W),
+        "pid": torch.tensor([0, 0, 1, 1, 2, 2]),
+        "index": torch.arange(6),
+        "source": _identity_source().expand(6, H, W),
+    }
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model.training_step(batch, 0)
         features = model.extract(batch["image"])

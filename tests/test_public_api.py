@@ -50,7 +50,7 @@ def test_readme_and_examples_import_only_the_public_api(name: str) -> None:
 
 def test_build_module_takes_the_sizes_from_the_datamodule(tmp_path: Path) -> None:
     data = SyntheticDataModule(str(tmp_path / "synthetic"), num_train_ids=4, num_test_ids=3, image_size=(64, 32))
-    module = build_module(data, backbone="resnet18", pretrained=False, lr=1e-3)
+    module = build_module(data, backbone="resnet18", weights=None, lr=1e-3)
     assert (module.hparams.num_classes, module.hparams.num_train_samples) == (data.num_classes, data.num_train_samples)
     assert tuple(module.hparams.image_size) == (64, 32) and module.hparams.lr == 1e-3
     with pytest.raises(TypeError, match="num_classes come"):

@@ -43,7 +43,10 @@ def test_a_recipe_is_read_after_the_base_by_name_or_by_path() -> None:
     assert resolve_config_names(["fit", "--config", "market1501", "--trainer.max_epochs", "2"]) == expected
     assert resolve_config_names(["fit", "--config", market, "--trainer.max_epochs", "2"]) == expected
     assert resolve_config_names(["fit", "--config=market1501.yaml"]) == [
-        "fit", f"--config={BASE_RECIPE}", f"--config={market}"]
+        "fit",
+        f"--config={BASE_RECIPE}",
+        f"--config={market}",
+    ]
     assert resolve_config_names(["fit", "--config", "base"]) == ["fit", "--config", str(BASE_RECIPE)]
     mine = str(FROZEN / "synthetic.yaml")  # a file outside icg/configs is read as it is
     assert resolve_config_names(["fit", "--config", mine]) == ["fit", "--config", mine]

@@ -83,8 +83,9 @@ def random_features(n: int, k: int, generator: torch.Generator, dtype=torch.floa
 
 
 def as_numpy(features: ReIDFeatures) -> dict:
-    return {name: value.double().numpy() if value.is_floating_point() else value.numpy()
-            for name, value in features.items()}
+    return {
+        name: value.double().numpy() if value.is_floating_point() else value.numpy() for name, value in features.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------- ReIDFeatures
@@ -199,8 +200,7 @@ def test_icg_distance_on_cuda_matches_cpu():
     gallery = random_features(30, 6, gen, dtype=torch.bfloat16)
     got = icg_distance(query.to("cuda"), gallery.to("cuda"), chunk_size=7)
     assert got.device.type == "cuda" and got.dtype == torch.float32
-    np.testing.assert_allclose(got.cpu().numpy(), reference_icg_distance(as_numpy(query), as_numpy(gallery)),
-                               atol=1e-4)
+    np.testing.assert_allclose(got.cpu().numpy(), reference_icg_distance(as_numpy(query), as_numpy(gallery)), atol=1e-4)
 
 
 # -------------------------------------------------------------------------------------------- re-ranking
@@ -219,8 +219,14 @@ def test_rerank_matches_published_algorithm(k1, k2, chunk_size, pair_budget):
     q_g, q_q, g_g = euclidean(q, g), euclidean(q, q), euclidean(g, g)
     expected = reference_rerank(q_g, q_q, g_g, k1, k2, 0.3)
     got = k_reciprocal_rerank(
-        torch.from_numpy(q_g).float(), torch.from_numpy(q_q).float(), torch.from_numpy(g_g).float(),
-        k1=k1, k2=k2, lambda_value=0.3, chunk_size=chunk_size, pair_budget=pair_budget,
+        torch.from_numpy(q_g).float(),
+        torch.from_numpy(q_q).float(),
+        torch.from_numpy(g_g).float(),
+        k1=k1,
+        k2=k2,
+        lambda_value=0.3,
+        chunk_size=chunk_size,
+        pair_budget=pair_budget,
     )
     assert got.shape == (15, 40) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), expected, atol=2e-5)

@@ -17,14 +17,31 @@ SIZE = (64, 32)
 @pytest.fixture(scope="module")
 def datamodule(tmp_path_factory) -> SyntheticDataModule:
     root = tmp_path_factory.mktemp("synthetic") / "market"
-    return SyntheticDataModule(str(root), num_train_ids=8, num_test_ids=6, image_size=SIZE,
-                               num_identities=4, num_instances=2, eval_batch_size=32, num_workers=0)
+    return SyntheticDataModule(
+        str(root),
+        num_train_ids=8,
+        num_test_ids=6,
+        image_size=SIZE,
+        num_identities=4,
+        num_instances=2,
+        eval_batch_size=32,
+        num_workers=0,
+    )
 
 
 def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    kwargs = {"max_epochs": 2, "limit_train_batches": 3, "accelerator": "cpu", "logger": False,
-              "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
-              "use_distributed_sampler": False, "default_root_dir": tmp_path, **kwargs}
+    kwargs = {
+        "max_epochs": 2,
+        "limit_train_batches": 3,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "use_distributed_sampler": False,
+        "default_root_dir": tmp_path,
+        **kwargs,
+    }
     return pl.Trainer(**kwargs)
 
 
@@ -32,9 +49,18 @@ def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 @pytest.mark.parametrize("modules", [(True, True, True), (False, False, False)], ids=["icg", "bot"])
 def test_fit_then_validate(datamodule: SyntheticDataModule, tmp_path: Path, modules) -> None:
     use_afm, use_ppc, use_fsg = modules
-    model = ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-                      image_size=SIZE, backbone="resnet18", pretrained=False, num_parts=3,
-                      use_afm=use_afm, use_ppc=use_ppc, use_fsg=use_fsg, warmup_epochs=1)
+    model = ICGModule(
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=SIZE,
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
+        use_afm=use_afm,
+        use_ppc=use_ppc,
+        use_fsg=use_fsg,
+        warmup_epochs=1,
+    )
     trainer = _trainer(tmp_path)
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 2 * 3
@@ -47,8 +73,15 @@ def test_fit_then_validate(datamodule: SyntheticDataModule, tmp_path: Path, modu
 
 
 def _icg(datamodule: SyntheticDataModule) -> ICGModule:
-    return ICGModule(num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples,
-                     image_size=SIZE, backbone="resnet18", pretrained=False, num_parts=3, warmup_epochs=1)
+    return ICGModule(
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=SIZE,
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
+        warmup_epochs=1,
+    )
 
 
 @pytest.mark.slow

@@ -15,8 +15,15 @@ def test_part_maps_layout_titles_and_color_key() -> None:
     labels = torch.zeros(batch, 4, 2, dtype=torch.long)
     labels[:, 0, 0], labels[:, 3, 1] = 1, 3  # part 1 in the top-left cell, part 3 in the bottom-right one
     logits = torch.nn.functional.one_hot(labels, num_parts + 1).permute(0, 3, 1, 2).float()
-    picture = part_maps(images, num_parts=num_parts, pseudo_labels=labels, part_logits=logits,
-                        foreground=torch.rand(batch, 4, 2), attention=torch.rand(batch, 4, 2), min_width=64)
+    picture = part_maps(
+        images,
+        num_parts=num_parts,
+        pseudo_labels=labels,
+        part_logits=logits,
+        foreground=torch.rand(batch, 4, 2),
+        attention=torch.rand(batch, 4, 2),
+        min_width=64,
+    )
     tile_h, tile_w = height * 4, width * 4  # enlarged 4x to reach min_width
     assert picture.dtype == torch.uint8 and picture.shape[0] == 3
     assert picture.shape[2] == 2 + 5 * (tile_w + 2)  # image, pseudo-labels, predicted, foreground, attention
@@ -31,7 +38,9 @@ def test_part_maps_layout_titles_and_color_key() -> None:
     predicted = grid[:, 2 : 2 + tile_h, 2 + 2 * (tile_w + 2) : 2 + 2 * (tile_w + 2) + tile_w]
     top_left, top_right = predicted[:, 5, 5].int(), predicted[:, 5, tile_w - 5].int()
     assert top_right.tolist() == [128, 128, 128]
-    assert (top_left - torch.tensor(PART_COLORS[1])).abs().sum() < (top_right - torch.tensor(PART_COLORS[1])).abs().sum()
+    assert (top_left - torch.tensor(PART_COLORS[1])).abs().sum() < (
+        top_right - torch.tensor(PART_COLORS[1])
+    ).abs().sum()
 
 
 def test_part_maps_of_a_model_without_parts_has_no_key() -> None:

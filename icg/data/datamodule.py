@@ -15,8 +15,9 @@ The trainer must run with ``use_distributed_sampler=False`` under DDP: the PK sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule

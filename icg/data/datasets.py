@@ -16,12 +16,12 @@ Decisions the original protocols leave to the loader:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 from icg.data.transforms import IMAGE_SUFFIXES
-
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,6 @@ class _FolderPerSplitDataset(ReIDDataset):
         return records
 
 
-
 class Market1501(_FolderPerSplitDataset):
     """Market-1501 (Zheng et al., ICCV 2015): 751 train ids, 3,368 queries, 15,913 gallery images.
 
@@ -232,9 +231,7 @@ class MSMT17(ReIDDataset):
     image_folders: ClassVar[tuple[tuple[str, str], ...]] = (("train", "test"), ("mask_train_v2", "mask_test_v2"))
 
     def is_dataset_folder(self, path: Path) -> bool:
-        return (path / "list_train.txt").is_file() or any(
-            (path / train).is_dir() for train, _ in self.image_folders
-        )
+        return (path / "list_train.txt").is_file() or any((path / train).is_dir() for train, _ in self.image_folders)
 
     def read_splits(self, root: Path) -> tuple[list[ImageRecord], list[ImageRecord], list[ImageRecord]]:
         folders = next(
@@ -247,11 +244,11 @@ class MSMT17(ReIDDataset):
             what = ", ".join(missing + ([] if folders else ["train/ (V1) or mask_train_v2/ (V2)"]))
             raise DatasetLayoutError(f"MSMT17: {root} lacks {what}; expected layout:\n{self.layout}")
         train_dir, test_dir = folders
-        train = self._read_list(root / "list_train.txt", train_dir) + self._read_list(
-            root / "list_val.txt", train_dir
-        )
-        return train, self._read_list(root / "list_query.txt", test_dir), self._read_list(
-            root / "list_gallery.txt", test_dir
+        train = self._read_list(root / "list_train.txt", train_dir) + self._read_list(root / "list_val.txt", train_dir)
+        return (
+            train,
+            self._read_list(root / "list_query.txt", test_dir),
+            self._read_list(root / "list_gallery.txt", test_dir),
         )
 
     @staticmethod

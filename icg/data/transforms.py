@@ -9,9 +9,10 @@ through this map and they stay aligned with the augmented pixels they describe.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -81,7 +82,10 @@ def find_unreadable_images(
     """
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         problems = tqdm(
-            pool.map(image_problem, paths), total=len(paths), desc=description, disable=not progress,
+            pool.map(image_problem, paths),
+            total=len(paths),
+            desc=description,
+            disable=not progress,
             leave=False,
         )
         return [(str(path), problem) for path, problem in zip(paths, problems) if problem is not None]

@@ -68,9 +68,7 @@ class SpatialAttention(nn.Module):
         nn.init.zeros_(self.conv.weight)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        pooled = torch.cat(
-            [feature_map.mean(dim=1, keepdim=True), feature_map.amax(dim=1, keepdim=True)], dim=1
-        )
+        pooled = torch.cat([feature_map.mean(dim=1, keepdim=True), feature_map.amax(dim=1, keepdim=True)], dim=1)
         # sigmoid(z) / mean(sigmoid(z)), in log space: a saturated sigmoid (0 in every cell) still gives weights
         log_weights = F.logsigmoid(self.conv(pooled)).flatten(2)
         cells = log_weights.shape[-1]

@@ -12,17 +12,20 @@ Output stride
       extra dilation" treatment BoT gives it at stride 16). A 256x128 image gives a 32x16 map, finer part maps
       for the PPC module. Only Bottleneck ResNets (50/101) support dilation.
 
-Weights (``pretrained``)
-    * ``True``: torchvision's ``IMAGENET1K_V1`` weights through its weights API, which looks in
+Weights (``weights``, torchvision's convention)
+    * ``"IMAGENET1K_V1"`` (the default) or ``"DEFAULT"``, ``"IMAGENET1K_V2"``, ``"ResNet50_Weights.IMAGENET1K_V2"``
+      or the ``WeightsEnum`` member itself: torchvision's weights of the same architecture, through its weights
+      API, which looks in
       ``<torch.hub.get_dir()>/checkpoints`` first (``$TORCH_HOME/hub/checkpoints``, by default
       ``~/.cache/torch/hub/checkpoints``) and downloads otherwise. Offline and without the file,
       :class:`PretrainedWeightsUnavailableError` says which file to place where.
-    * the name of another torchvision weight of the same architecture (``"IMAGENET1K_V2"``, ``"DEFAULT"``,
-      ``"ResNet50_Weights.IMAGENET1K_V2"``), loaded the same way.
     * a file: a state dict (torchvision's own ``resnet*.pth`` files, or one saved from a
       :class:`ResNetBackbone`) or an ``icg`` checkpoint, of which only the backbone keys are taken. This is how a
       backbone pretrained elsewhere (``benchmarks/pretrain_synthetic.py``, a re-ID checkpoint) starts a run.
-    * ``False``: random initialisation.
+    * ``None``: random initialization.
+
+``pretrained`` (``True`` / ``False`` / a name or file) is the former spelling, still accepted with a
+``DeprecationWarning``: ``True`` is ``weights="IMAGENET1K_V1"``, ``False`` is ``weights=None``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -51,12 +55,17 @@ from torchvision.models import (
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 __all__ = [
+    "IMAGENET_WEIGHTS",
     "PretrainedWeightsUnavailableError",
     "ResNetBackbone",
     "build_backbone",
     "load_backbone_state",
+    "resolve_weights",
     "weights_cache_path",
 ]
+
+IMAGENET_WEIGHTS = "IMAGENET1K_V1"
+"""The default ``weights``: the ImageNet weights BoT and the paper start from."""
 
 _RESNETS: dict[str, tuple[Callable[..., ResNet], WeightsEnum, int]] = {
     "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1, 512),
@@ -86,7 +95,7 @@ def _load_state_dict(name: str, weights: WeightsEnum) -> dict[str, Tensor]:
         raise PretrainedWeightsUnavailableError(
             f"cannot load ImageNet weights for backbone {name!r}: {path} does not exist and downloading "
             f"{weights.url} failed ({error}). Place the file {os.path.basename(path)} in "
-            f"{os.path.dirname(path)} (set TORCH_HOME to use another cache dir), or pass pretrained=False."
+            f"{os.path.dirname(path)} (set TORCH_HOME to use another cache dir), or pass weights=None."
         ) from error
 
 
@@ -113,8 +122,8 @@ def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"backbone weights file {path} does not exist; pretrained takes True, False, a torchvision weight name "
-            f"('IMAGENET1K_V1', 'DEFAULT') or the path of a state dict or icg checkpoint"
+            f"backbone weights file {path} does not exist; weights takes a torchvision weight name "
+            f"('IMAGENET1K_V1', 'DEFAULT'), the path of a state dict or icg checkpoint, or None (random)"
         )
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,22 +155,57 @@ def _named_weights(weights_enum: type[WeightsEnum], value: str) -> WeightsEnum |
     return weights_enum.__members__.get(member)
 
 
+def resolve_weights(weights: str | WeightsEnum | None, pretrained: bool | str | None) -> str | WeightsEnum | None:
+    """``weights``, or the value of the deprecated ``pretrained`` in its place (with a ``DeprecationWarning``):
+    ``True`` is :data:`IMAGENET_WEIGHTS`, ``False`` is ``None``, a name or file stays as it is.
+
+    Raises:
+        ValueError: both are given (``weights`` is not at its default while ``pretrained`` is set).
+    """
+    if pretrained is None:
+        return weights
+    warnings.warn(
+        "`pretrained` is deprecated, use `weights` (torchvision's convention): pretrained=True is "
+        f"weights={IMAGENET_WEIGHTS!r}, pretrained=False is weights=None, a weight name or file stays as it is",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if weights != IMAGENET_WEIGHTS:
+        raise ValueError(
+            f"give `weights` or the deprecated `pretrained`, not both (got {weights!r} and {pretrained!r})"
+        )
+    if isinstance(pretrained, bool):
+        return IMAGENET_WEIGHTS if pretrained else None
+    return pretrained
+
+
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool`` and ``fc``, returning the last feature map.
 
     Args:
         name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
-        pretrained: ``True`` (torchvision's ``IMAGENET1K_V1``), a torchvision weight name, a weights file, or
-            ``False``; see the module docstring.
+        weights: a torchvision weight name or member (default ``IMAGENET1K_V1``), a weights file, or ``None``
+            (random); see the module docstring.
         output_stride: 32, 16 (BoT's last stride 1) or 8 (``layer3`` dilated too; resnet50/101 only).
+        pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file).
 
     Shapes:
         ``forward``: ``[B, 3, H, W] -> [B, out_channels, ceil(H / output_stride), ceil(W / output_stride)]``
         (exact division for inputs that are multiples of 32).
     """
 
-    def __init__(self, name: str = "resnet50", *, pretrained: bool | str = True, output_stride: int = 16) -> None:
+    def __init__(
+        self,
+        name: str = "resnet50",
+        *,
+        weights: str | os.PathLike[str] | WeightsEnum | None = IMAGENET_WEIGHTS,
+        output_stride: int = 16,
+        pretrained: bool | str | None = None,
+    ) -> None:
         super().__init__()
+        weights = resolve_weights(weights, pretrained)
+        if isinstance(weights, os.PathLike):
+            weights = os.fspath(weights)
         if name not in _RESNETS:
             raise ValueError(f"backbone name must be one of {sorted(_RESNETS)}, got {name!r}")
         if output_stride not in (8, 16, 32):
@@ -171,24 +215,30 @@ class ResNetBackbone(nn.Module):
                 f"output_stride=8 needs dilated convolutions, which torchvision's BasicBlock ({name}) does not "
                 f"support; use output_stride=16 or one of {list(_BOTTLENECK_RESNETS)}"
             )
-        factory, weights, channels = _RESNETS[name]
+        factory, imagenet, channels = _RESNETS[name]
+        weights_enum = type(imagenet)
         resnet = factory(weights=None, replace_stride_with_dilation=[False, output_stride == 8, False])
         state = None
-        if pretrained is True:
+        if isinstance(weights, WeightsEnum):
+            if not isinstance(weights, weights_enum):
+                raise ValueError(f"weights={weights} are not weights of {name} (a member of {weights_enum.__name__})")
             state = _load_state_dict(name, weights)
-        elif isinstance(pretrained, str):
-            named = _named_weights(type(weights), pretrained)
+        elif isinstance(weights, str):
+            named = _named_weights(weights_enum, weights)
             if named is not None:
                 state = _load_state_dict(name, named)
-            elif os.path.isfile(pretrained) or not _WEIGHT_NAME.fullmatch(pretrained):
-                state = _checked_file_state(name, resnet, pretrained)
+            elif os.path.isfile(weights) or not _WEIGHT_NAME.fullmatch(weights):
+                state = _checked_file_state(name, resnet, weights)
             else:
                 raise ValueError(
-                    f"pretrained={pretrained!r} is not a torchvision weight of {name} (one of "
-                    f"{['DEFAULT', *type(weights).__members__]}) nor an existing file"
+                    f"weights={weights!r} is not a torchvision weight of {name} (one of "
+                    f"{['DEFAULT', *weights_enum.__members__]}) nor an existing file"
                 )
-        elif pretrained is not False:
-            raise TypeError(f"pretrained must be a bool, a torchvision weight name or a file path, got {pretrained!r}")
+        elif weights is not None:
+            raise TypeError(
+                f"weights must be a torchvision weight name or member, a file path or None, got {weights!r}"
+                + (" (the boolean is the deprecated `pretrained`)" if isinstance(weights, bool) else "")
+            )
         if state is not None:
             resnet.load_state_dict(state, strict=False)
         if output_stride <= 16:
@@ -257,7 +307,11 @@ def _remove_layer4_stride(layer4: nn.Sequential) -> None:
 
 
 def build_backbone(
-    name: str = "resnet50", *, pretrained: bool | str = True, output_stride: int = 16
+    name: str = "resnet50",
+    *,
+    weights: str | os.PathLike[str] | WeightsEnum | None = IMAGENET_WEIGHTS,
+    output_stride: int = 16,
+    pretrained: bool | str | None = None,
 ) -> ResNetBackbone:
     """Build a :class:`ResNetBackbone`; see there for the arguments."""
-    return ResNetBackbone(name, pretrained=pretrained, output_stride=output_stride)
+    return ResNetBackbone(name, weights=resolve_weights(weights, pretrained), output_stride=output_stride)

@@ -70,9 +70,7 @@ class FlexibleStructureGraph(nn.Module):
 
     def forward(self, parts: Tensor, visibility: Tensor) -> Tensor:
         if parts.dim() != 3 or parts.shape[1:] != (self.num_parts, self.channels):
-            raise ValueError(
-                f"parts must be [B, {self.num_parts}, {self.channels}], got shape {tuple(parts.shape)}"
-            )
+            raise ValueError(f"parts must be [B, {self.num_parts}, {self.channels}], got shape {tuple(parts.shape)}")
         self._check_visibility(visibility)
         if visibility.shape[0] != parts.shape[0]:
             raise ValueError(f"visibility has batch {visibility.shape[0]} but parts has {parts.shape[0]}")

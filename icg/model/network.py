@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from icg.features import ReIDFeatures
 from icg.model.afm import ForegroundHead, SpatialAttention
-from icg.model.backbone import build_backbone
+from icg.model.backbone import IMAGENET_WEIGHTS, build_backbone, resolve_weights
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
 from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
-from icg.features import ReIDFeatures
 
 __all__ = ["BranchOutput", "ICGNet", "ICGOutput", "to_reid_features"]
 
@@ -115,8 +115,8 @@ class ICGNet(nn.Module):
     Args:
         num_classes: number of training identities (classifier outputs).
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
-        pretrained: backbone weights: ``True`` (torchvision's ImageNet), a torchvision weight name, a weights file
-            (state dict or icg checkpoint) or ``False``; see :mod:`icg.model.backbone`.
+        weights: backbone weights: a torchvision weight name (default ``IMAGENET1K_V1``), a weights file (state
+            dict or icg checkpoint) or ``None`` (random); see :mod:`icg.model.backbone`.
         num_parts: ``K``, the number of body parts of the PPC (default 6, the paper's best).
         use_afm: attention-based foreground mask and the foreground branch.
         use_ppc: pixel-wise part classifier and the parts branch.
@@ -129,6 +129,7 @@ class ICGNet(nn.Module):
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
         pool_eps: added to the weight sums of the weighted mean pooling.
+        pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file).
 
     Shapes:
         ``forward``: ``[B, 3, H, W] -> ICGOutput``; ``extract``: ``[B, 3, H, W] -> ReIDFeatures``.
@@ -139,7 +140,7 @@ class ICGNet(nn.Module):
         num_classes: int,
         *,
         backbone: str = "resnet50",
-        pretrained: bool | str = True,
+        weights: str | None = IMAGENET_WEIGHTS,
         num_parts: int = 6,
         use_afm: bool = True,
         use_ppc: bool = True,
@@ -150,6 +151,7 @@ class ICGNet(nn.Module):
         gcn_layers: int = 2,
         output_stride: int = 16,
         pool_eps: float = 1e-6,
+        pretrained: bool | str | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -168,12 +170,16 @@ class ICGNet(nn.Module):
         self.foreground_from_parts = foreground_from_parts and use_afm and use_ppc
         self.pool_eps = pool_eps
 
-        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
+        self.backbone = build_backbone(
+            backbone, weights=resolve_weights(weights, pretrained), output_stride=output_stride
+        )
         channels = self.backbone.out_channels
         self.out_channels = channels
         self.attention = SpatialAttention(kernel_size=attention_kernel) if use_afm else None
         self.foreground_head = (
-            ForegroundHead(channels, logit_scale=pixel_logit_scale) if use_afm and not self.foreground_from_parts else None
+            ForegroundHead(channels, logit_scale=pixel_logit_scale)
+            if use_afm and not self.foreground_from_parts
+            else None
         )
         self.part_classifier = (
             PixelPartClassifier(channels, num_parts, logit_scale=pixel_logit_scale) if use_ppc else None

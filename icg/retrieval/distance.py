@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +35,7 @@ __all__ = ["DistanceRows", "FeatureInput", "icg_distance", "icg_distance_rows"]
 DistanceRows = Callable[[int, int], Tensor]
 """``rows(start, end)`` gives rows ``start:end`` of a query-gallery distance matrix, ``[end - start, Ng]``."""
 
-FeatureInput = Union[ReIDFeatures, Tensor]
+FeatureInput = ReIDFeatures | Tensor
 """What the distance compares: a :class:`ReIDFeatures` record, or a plain ``[N, C]`` feature tensor."""
 
 _FIXED = ("global_feat", "foreground", "graph")

@@ -106,9 +106,7 @@ def k_reciprocal_rerank(
     ]
     v = _Sparse.from_rows(parts, total)
     if k2 != 1:
-        v = _Sparse.from_rows(
-            [_query_expansion(s, e, v, ranks[:, :k2]) for s, e in original.chunks(chunk_size)], total
-        )
+        v = _Sparse.from_rows([_query_expansion(s, e, v, ranks[:, :k2]) for s, e in original.chunks(chunk_size)], total)
 
     gallery_v = v.column_index(first_row=num_query)
     out = torch.empty(num_query, num_gallery, dtype=torch.float32, device=device)

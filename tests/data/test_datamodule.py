@@ -26,8 +26,14 @@ def bigger_market(market_tree: Path) -> Path:
 
 
 def _datamodule(root: Path, **kwargs) -> Market1501DataModule:
-    kwargs = {"image_size": SIZE, "num_identities": 2, "num_instances": 2, "eval_batch_size": 3,
-              "num_workers": 0, **kwargs}
+    kwargs = {
+        "image_size": SIZE,
+        "num_identities": 2,
+        "num_instances": 2,
+        "eval_batch_size": 3,
+        "num_workers": 0,
+        **kwargs,
+    }
     return Market1501DataModule(str(root), **kwargs)
 
 
@@ -87,8 +93,15 @@ class _RecordBatches(pl.LightningModule):
 def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_path: Path) -> None:
     datamodule = _datamodule(bigger_market, seed=3)
     model = _RecordBatches()
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=datamodule)
     expected = {}
     for epoch in range(3):
@@ -101,8 +114,9 @@ def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_pa
 
 def test_synthetic_datamodule_knows_sizes_before_generating(tmp_path: Path) -> None:
     root = tmp_path / "synthetic"
-    datamodule = SyntheticDataModule(str(root), num_train_ids=6, num_test_ids=4, image_size=SIZE,
-                                     num_identities=2, num_instances=2, num_workers=0)
+    datamodule = SyntheticDataModule(
+        str(root), num_train_ids=6, num_test_ids=4, image_size=SIZE, num_identities=2, num_instances=2, num_workers=0
+    )
     assert datamodule.num_classes == 6 and not root.exists()
     num_train = datamodule.num_train_samples
     datamodule.prepare_data()
@@ -113,21 +127,43 @@ def test_synthetic_datamodule_knows_sizes_before_generating(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_every_unreadable_evaluation_image_is_listed_before_the_first_step(tmp_path: Path) -> None:
-    datamodule = SyntheticDataModule(str(tmp_path / "synthetic"), num_train_ids=6, num_test_ids=4, image_size=SIZE,
-                                     num_identities=2, num_instances=2, eval_batch_size=4, num_workers=2)
+    datamodule = SyntheticDataModule(
+        str(tmp_path / "synthetic"),
+        num_train_ids=6,
+        num_test_ids=4,
+        image_size=SIZE,
+        num_identities=2,
+        num_instances=2,
+        eval_batch_size=4,
+        num_workers=2,
+    )
     datamodule.prepare_data()
     query, gallery = datamodule.dataset.query, datamodule.dataset.gallery
     good = Path(gallery[0].path).read_bytes()
     # beyond the 2 x 4 images of Lightning's sanity check: otherwise found at the first validation only
-    broken = {query[-1].path: b"not an image at all", gallery[-1].path: good[: len(good) // 2],
-              gallery[-2].path: b""}
+    broken = {query[-1].path: b"not an image at all", gallery[-1].path: good[: len(good) // 2], gallery[-2].path: b""}
     for path, content in broken.items():
         Path(path).write_bytes(content)
-    model = ICGModule(num_classes=datamodule.num_classes, image_size=SIZE, backbone="resnet18", pretrained=False,
-                      use_afm=False, use_ppc=False, use_fsg=False)
-    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         use_distributed_sampler=False, default_root_dir=tmp_path)
+    model = ICGModule(
+        num_classes=datamodule.num_classes,
+        image_size=SIZE,
+        backbone="resnet18",
+        weights=None,
+        use_afm=False,
+        use_ppc=False,
+        use_fsg=False,
+    )
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(UnreadableImagesError) as error:
         trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 0

@@ -15,9 +15,7 @@ def _ids(records):
 def test_market_counts_relabeling_junk_and_distractors(market_tree: Path) -> None:
     dataset = Market1501(market_tree)
     # train ids 2, 7, 11 become 0, 1, 2 in sorted order; cameras are 0-based
-    assert sorted((pid, cam) for _, pid, cam in _ids(dataset.train)) == [
-        (0, 0), (0, 1), (1, 2), (2, 0), (2, 1), (2, 5)
-    ]
+    assert sorted((pid, cam) for _, pid, cam in _ids(dataset.train)) == [(0, 0), (0, 1), (1, 2), (2, 0), (2, 1), (2, 5)]
     assert dataset.num_train_pids == 3
     assert sorted(pid for _, pid, _ in _ids(dataset.query)) == [1, 3]  # original ids kept
     gallery_pids = sorted(pid for _, pid, _ in _ids(dataset.gallery))
@@ -72,9 +70,10 @@ def test_cuhk03np_variants(tmp_path: Path, variant: str) -> None:
         CUHK03NP(tmp_path, variant="both")
 
 
-@pytest.mark.parametrize(("folder", "train_dir", "test_dir"), [
-    ("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")
-])
+@pytest.mark.parametrize(
+    ("folder", "train_dir", "test_dir"),
+    [("MSMT17_V1", "train", "test"), ("MSMT17_V2", "mask_train_v2", "mask_test_v2")],
+)
 def test_msmt17_v1_and_v2(tmp_path: Path, folder: str, train_dir: str, test_dir: str) -> None:
     make_msmt17_tree(tmp_path / folder, train_dir, test_dir)
     dataset = MSMT17(tmp_path)

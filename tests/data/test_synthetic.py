@@ -105,8 +105,7 @@ def test_color_swapped_pairs_differ_only_in_where_the_colors_are() -> None:
         (a, b)
         for i, a in enumerate(appearances)
         for b in appearances[i + 1 :]
-        if a.shirt == b.trousers and a.trousers == b.shirt
-        and replace(a, shirt=b.shirt, trousers=b.trousers) == b
+        if a.shirt == b.trousers and a.trousers == b.shirt and replace(a, shirt=b.shirt, trousers=b.trousers) == b
     ]
     assert len(pairs) == 5
 
@@ -162,7 +161,8 @@ def test_render_returns_image_and_mask_of_the_requested_size() -> None:
 def test_masks_align_with_the_planned_geometry() -> None:
     height, width = 128, 64
     plan = [
-        img for img in plan_synthetic(30, 5, seed=5)
+        img
+        for img in plan_synthetic(30, 5, seed=5)
         if img.split == "train" and img.occluder == "none" and img.top >= 0 and img.top + img.height <= 1
     ]
     assert len(plan) > 50
@@ -184,10 +184,15 @@ def test_masks_align_with_the_planned_geometry() -> None:
 def test_mask_labels_cover_the_pixels_of_that_color() -> None:
     """Median colour under each label is the planned garment colour after the camera's cast."""
     plan = [
-        img for img in plan_synthetic(60, 5, seed=6)
-        if img.split == "train" and img.occluder == "none" and img.view in ("front", "back")
-        and img.appearance.shirt_pattern == "plain" and img.appearance.bag == "none"
-        and img.appearance.long_sleeves and img.appearance.lower == "trousers"
+        img
+        for img in plan_synthetic(60, 5, seed=6)
+        if img.split == "train"
+        and img.occluder == "none"
+        and img.view in ("front", "back")
+        and img.appearance.shirt_pattern == "plain"
+        and img.appearance.bag == "none"
+        and img.appearance.long_sleeves
+        and img.appearance.lower == "trousers"
     ]
     assert len(plan) >= 10
     for img in plan[:20]:
@@ -214,10 +219,14 @@ def test_mask_marks_exactly_the_pixels_a_garment_colors(field: str, label: PartL
     """Re-colouring one garment changes exactly the pixels its label covers (same seed, so same backdrop and
     noise; no blur). A mask misaligned by a single pixel fails this."""
     plan = [
-        img for img in plan_synthetic(40, 5, seed=8, bag_prob=0.8)
-        if img.split == "train" and img.occluder == "none" and img.appearance.bag != "none"
+        img
+        for img in plan_synthetic(40, 5, seed=8, bag_prob=0.8)
+        if img.split == "train"
+        and img.occluder == "none"
+        and img.appearance.bag != "none"
         and img.appearance.lower == "trousers"
-        and img.appearance.shirt_pattern == "plain" and img.appearance.long_sleeves
+        and img.appearance.shirt_pattern == "plain"
+        and img.appearance.long_sleeves
     ]
     assert len(plan) >= 8
     for img in plan[:8]:
@@ -255,9 +264,7 @@ def test_occluded_pixels_are_background(occluder: str) -> None:
 def test_layout_is_read_by_market1501(tiny_root: Path) -> None:
     plan = plan_synthetic(**TINY_PLAN)
     on_disk = {
-        str(path.relative_to(tiny_root))
-        for folder in SPLIT_FOLDERS.values()
-        for path in (tiny_root / folder).iterdir()
+        str(path.relative_to(tiny_root)) for folder in SPLIT_FOLDERS.values() for path in (tiny_root / folder).iterdir()
     }
     assert on_disk == {img.relpath for img in plan}
 
@@ -325,8 +332,14 @@ def test_refuses_a_generation_with_other_arguments(tiny_root: Path) -> None:
 
 
 def test_numpy_arguments_are_stored_as_numbers(tmp_path: Path) -> None:
-    root = generate_synthetic(tmp_path / "market", np.int64(4), num_test_ids=3, seed=np.int64(0),
-                              image_size=(64, 32), train_images_per_id=(3, 6))
+    root = generate_synthetic(
+        tmp_path / "market",
+        np.int64(4),
+        num_test_ids=3,
+        seed=np.int64(0),
+        image_size=(64, 32),
+        train_images_per_id=(3, 6),
+    )
     arguments = json.loads((root / "synthetic.json").read_text())["arguments"]
     assert arguments["num_train_ids"] == 4 and arguments["seed"] == 0
     assert generate_synthetic(root, **TINY) == root  # the same generation as plain ints

@@ -55,7 +55,7 @@ def test_spatial_attention_rejects_even_kernel() -> None:
         SpatialAttention(kernel_size=6)
 
 
-def test_foreground_head_is_a_scaled_linear_map_of_normalised_cells() -> None:
+def test_foreground_head_is_a_scaled_linear_map_of_normalized_cells() -> None:
     torch.manual_seed(0)
     head = ForegroundHead(7, logit_scale=4.0).double()
     x = torch.randn(2, 7, 3, 2, dtype=torch.float64)

@@ -5,7 +5,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
-from torchvision.models import resnet18
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18
 
 from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone
 
@@ -14,14 +14,14 @@ RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of torchvision's ResNet18_We
 
 @pytest.mark.parametrize(("output_stride", "expected_hw"), [(16, (4, 2)), (32, (2, 1))])
 def test_resnet18_output_shape(output_stride: int, expected_hw: tuple[int, int]) -> None:
-    backbone = build_backbone("resnet18", pretrained=False, output_stride=output_stride)
+    backbone = build_backbone("resnet18", weights=None, output_stride=output_stride)
     out = backbone(torch.randn(2, 3, 64, 32))
     assert out.shape == (2, 512, *expected_hw)
     assert backbone.out_channels == 512
 
 
 def test_resnet50_stride8_is_dilated() -> None:
-    backbone = ResNetBackbone("resnet50", pretrained=False, output_stride=8)
+    backbone = ResNetBackbone("resnet50", weights=None, output_stride=8)
     out = backbone(torch.randn(1, 3, 64, 32))
     assert out.shape == (1, 2048, 8, 4)
     assert backbone.out_channels == 2048
@@ -31,19 +31,19 @@ def test_resnet50_stride8_is_dilated() -> None:
 
 
 def test_no_pooling_or_classifier() -> None:
-    names = {name for name, _ in build_backbone("resnet18", pretrained=False).named_children()}
+    names = {name for name, _ in build_backbone("resnet18", weights=None).named_children()}
     assert names == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"}
 
 
 def test_basic_block_stride8_is_rejected() -> None:
     with pytest.raises(ValueError, match="resnet34.*output_stride=16"):
-        build_backbone("resnet34", pretrained=False, output_stride=8)
+        build_backbone("resnet34", weights=None, output_stride=8)
 
 
 @pytest.mark.parametrize("kwargs", [{"name": "resnet51"}, {"output_stride": 4}])
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="name|output_stride"):
-        build_backbone(**{"pretrained": False, **kwargs})
+        build_backbone(**{"weights": None, **kwargs})
 
 
 @pytest.mark.parametrize("error", [URLError("no network"), OSError("Network is unreachable")])
@@ -55,11 +55,11 @@ def test_offline_without_cache_names_file_and_dir(tmp_path, monkeypatch, error: 
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(PretrainedWeightsUnavailableError) as info:
-        build_backbone("resnet18", pretrained=True)
+        build_backbone("resnet18")
     message = str(info.value)
     assert RESNET18_FILE in message
     assert os.path.join(str(tmp_path), "hub", "checkpoints") in message
-    assert "pretrained=False" in message
+    assert "weights=None" in message
 
 
 def test_cached_weights_are_loaded(tmp_path, monkeypatch) -> None:
@@ -80,7 +80,7 @@ def test_cached_weights_are_loaded(tmp_path, monkeypatch) -> None:
     checkpoints.mkdir(parents=True)
     torch.save(state, checkpoints / RESNET18_FILE)
 
-    backbone = build_backbone("resnet18", pretrained=True)
+    backbone = build_backbone("resnet18")
     loaded = backbone.state_dict()
     assert set(loaded) == {key for key in state if not key.startswith("fc.")}
     for key, value in loaded.items():
@@ -104,16 +104,23 @@ def test_weights_from_a_file(tmp_path, layout: str) -> None:
         stored, prefix = state, ""
     elif layout == "icg_checkpoint":  # a Lightning checkpoint of an ICGModule: heads and part labels besides
         prefix = "net.backbone."
-        stored = {"epoch": 3, "state_dict": {**{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
-                                             "net.heads.global.bn.weight": torch.ones(512),
-                                             "part_labels": torch.zeros(4, 8, 4, dtype=torch.uint8)}}
+        stored = {
+            "epoch": 3,
+            "state_dict": {
+                **{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
+                "net.heads.global.bn.weight": torch.ones(512),
+                "part_labels": torch.zeros(4, 8, 4, dtype=torch.uint8),
+            },
+        }
     else:
         prefix = "backbone."
-        stored = {**{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
-                  "heads.global.classifier.weight": torch.zeros(5, 512)}
+        stored = {
+            **{prefix + k: v for k, v in state.items() if not k.startswith("fc.")},
+            "heads.global.classifier.weight": torch.zeros(5, 512),
+        }
     path = tmp_path / "weights.pt"
     torch.save(stored, path)
-    backbone = build_backbone("resnet18", pretrained=str(path))
+    backbone = build_backbone("resnet18", weights=str(path))
     flat = stored["state_dict"] if layout == "icg_checkpoint" else stored
     loaded = backbone.state_dict()
     assert set(loaded) == {k for k in state if not k.startswith("fc.")}
@@ -123,19 +130,19 @@ def test_weights_from_a_file(tmp_path, layout: str) -> None:
 
 def test_weights_file_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.pt.*does not exist.*IMAGENET1K_V1"):
-        build_backbone("resnet18", pretrained=str(tmp_path / "missing.pt"))
+        build_backbone("resnet18", weights=str(tmp_path / "missing.pt"))
     wrong_architecture = tmp_path / "resnet34.pt"
-    torch.save(build_backbone("resnet34", pretrained=False).state_dict(), wrong_architecture)
+    torch.save(build_backbone("resnet34", weights=None).state_dict(), wrong_architecture)
     with pytest.raises(ValueError, match="resnet34.pt does not hold resnet18 backbone weights.*unexpected: layer1.2"):
-        build_backbone("resnet18", pretrained=str(wrong_architecture))
+        build_backbone("resnet18", weights=str(wrong_architecture))
     no_backbone = tmp_path / "heads.pt"
     torch.save({"classifier.weight": torch.zeros(3, 3)}, no_backbone)
     with pytest.raises(ValueError, match="heads.pt holds no ResNet backbone weights"):
-        build_backbone("resnet18", pretrained=str(no_backbone))
+        build_backbone("resnet18", weights=str(no_backbone))
     not_weights = tmp_path / "notes.pt"
     not_weights.write_text("hello")
     with pytest.raises(ValueError, match="cannot read backbone weights from .*notes.pt"):
-        build_backbone("resnet18", pretrained=str(not_weights))
+        build_backbone("resnet18", weights=str(not_weights))
 
 
 def test_weights_by_torchvision_name(tmp_path, monkeypatch) -> None:
@@ -145,9 +152,37 @@ def test_weights_by_torchvision_name(tmp_path, monkeypatch) -> None:
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / RESNET18_FILE)
     for name in ("IMAGENET1K_V1", "DEFAULT", "ResNet18_Weights.IMAGENET1K_V1"):
-        loaded = build_backbone("resnet18", pretrained=name).state_dict()
+        loaded = build_backbone("resnet18", weights=name).state_dict()
         torch.testing.assert_close(loaded["layer4.1.bn2.running_var"], state["layer4.1.bn2.running_var"])
     with pytest.raises(ValueError, match="IMAGENET9K.*not a torchvision weight of resnet18.*IMAGENET1K_V1"):
-        build_backbone("resnet18", pretrained="IMAGENET9K")
+        build_backbone("resnet18", weights="IMAGENET9K")
     with pytest.raises(ValueError, match="ResNet50_Weights.IMAGENET1K_V2.*not a torchvision weight of resnet18"):
-        build_backbone("resnet18", pretrained="ResNet50_Weights.IMAGENET1K_V2")
+        build_backbone("resnet18", weights="ResNet50_Weights.IMAGENET1K_V2")
+
+
+def test_weights_as_member_or_path_and_the_deprecated_pretrained(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    state = _random_resnet18_state()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / RESNET18_FILE)
+    file = tmp_path / "weights.pt"
+    torch.save(state, file)
+    key = "layer4.1.bn2.running_var"
+    for weights in (ResNet18_Weights.IMAGENET1K_V1, file):  # a WeightsEnum member, an os.PathLike
+        torch.testing.assert_close(build_backbone("resnet18", weights=weights).state_dict()[key], state[key])
+    with pytest.raises(ValueError, match="not weights of resnet18"):
+        build_backbone("resnet18", weights=ResNet50_Weights.IMAGENET1K_V1)
+    with pytest.raises(TypeError, match="deprecated `pretrained`"):
+        build_backbone("resnet18", weights=True)
+
+    # pretrained=True / False / a file still work, with a warning that says what to write instead
+    with pytest.warns(DeprecationWarning, match="pretrained=True is weights='IMAGENET1K_V1'"):
+        torch.testing.assert_close(build_backbone("resnet18", pretrained=True).state_dict()[key], state[key])
+    with pytest.warns(DeprecationWarning):
+        torch.testing.assert_close(ResNetBackbone("resnet18", pretrained=str(file)).state_dict()[key], state[key])
+    with pytest.warns(DeprecationWarning):
+        random = build_backbone("resnet18", pretrained=False).state_dict()[key]
+    assert not torch.equal(random, state[key])
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="not both"):
+        build_backbone("resnet18", weights=None, pretrained=True)

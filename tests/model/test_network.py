@@ -24,7 +24,7 @@ ABLATIONS = [  # (use_afm, use_ppc, use_fsg); FSG needs PPC
 
 def _net(**kwargs) -> ICGNet:
     torch.manual_seed(0)
-    return ICGNet(NUM_CLASSES, backbone="resnet18", pretrained=False, **kwargs)
+    return ICGNet(NUM_CLASSES, backbone="resnet18", weights=None, **kwargs)
 
 
 def _images(batch: int = 4, height: int = 64, width: int = 32) -> torch.Tensor:
@@ -111,7 +111,9 @@ def test_branch_wiring_against_numpy(foreground_from_parts: bool) -> None:
     weight = net.part_classifier.conv.weight.detach().double().numpy()[:, :, 0, 0]
     bias = net.part_classifier.conv.bias.detach().double().numpy()
     unit = f / np.linalg.norm(f, axis=1, keepdims=True)
-    part_logits = net.part_classifier.logit_scale * (np.einsum("kc,bchw->bkhw", weight, unit) + bias[None, :, None, None])
+    part_logits = net.part_classifier.logit_scale * (
+        np.einsum("kc,bchw->bkhw", weight, unit) + bias[None, :, None, None]
+    )
     np.testing.assert_allclose(out.part_logits.numpy(), part_logits, rtol=1e-4, atol=1e-4)
     parts = softmax(part_logits)[:, 1:]
     if foreground_from_parts:  # eq. 8: the foreground is the union of the parts
@@ -201,8 +203,9 @@ def test_channels_last_matches_contiguous() -> None:
         net.to(memory_format=torch.channels_last)
         out = net(images.contiguous(memory_format=torch.channels_last))
     for name in expected.branches:
-        torch.testing.assert_close(out.branches[name].bn_features, expected.branches[name].bn_features,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            out.branches[name].bn_features, expected.branches[name].bn_features, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_bf16_autocast_forward_and_backward() -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool

@@ -44,23 +44,42 @@ icg.clustering.cluster_part_labels = _recording
 
 def build(datamodule: SyntheticDataModule) -> ICGModule:
     return ICGModule(
-        num_classes=datamodule.num_classes, num_train_samples=datamodule.num_train_samples, image_size=(64, 32),
-        backbone="resnet18", pretrained=False, num_parts=3,
+        num_classes=datamodule.num_classes,
+        num_train_samples=datamodule.num_train_samples,
+        image_size=(64, 32),
+        backbone="resnet18",
+        weights=None,
+        num_parts=3,
     )
 
 
 def main(root: str, out: Path) -> None:
     datamodule = SyntheticDataModule(
-        root=root, num_train_ids=4, num_test_ids=2, image_size=(64, 32),
-        num_identities=2, num_instances=2, num_workers=0,
+        root=root,
+        num_train_ids=4,
+        num_test_ids=2,
+        image_size=(64, 32),
+        num_identities=2,
+        num_instances=2,
+        num_workers=0,
     )
     seed_everything(0)
     module = build(datamodule)
     initial = copy.deepcopy(module.state_dict())
     trainer = Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_train_batches=1, limit_val_batches=0,
-        num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, use_distributed_sampler=False, callbacks=[PartClustering(batch_size=1)],
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        callbacks=[PartClustering(batch_size=1)],
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(

@@ -44,16 +44,22 @@ def run(rank: int, world_size: int, out: str) -> None:
 
     dist.init_process_group("gloo", rank=rank, world_size=world_size)  # MASTER_ADDR / MASTER_PORT from the env
     data = {name: torch.from_numpy(value) for name, value in make_data().items()}
-    features = ReIDFeatures(**{name: data[name] for name in ("global_feat", "foreground", "parts", "graph",
-                                                              "visibility")})
+    features = ReIDFeatures(
+        **{name: data[name] for name in ("global_feat", "foreground", "parts", "graph", "visibility")}
+    )
     mine = torch.arange(SPLIT) if rank == 0 else torch.arange(SPLIT, NUM_IMAGES)
     results = {}
     for run_name, extra in (("features", None), ("deduplicated", torch.tensor([3, 0, 17]))):
         index = mine if extra is None or rank == 0 else torch.cat([mine, extra])
         metric = ReIDMetric()
         for batch in index.split(8):  # several updates per rank
-            metric.update(features[batch], data["pids"][batch], data["camids"][batch], data["is_query"][batch],
-                          sample_index=None if extra is None else batch)
+            metric.update(
+                features[batch],
+                data["pids"][batch],
+                data["camids"][batch],
+                data["is_query"][batch],
+                sample_index=None if extra is None else batch,
+            )
         results[run_name] = {name: value.item() for name, value in metric.compute().items()}
     if rank == 0:
         np.savez(out, results=json.dumps(results), **make_data())
@@ -69,8 +75,9 @@ def free_port() -> int:
 
 def launch(out: str, world_size: int = 2, timeout: float = 150.0) -> int:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world_size)}
-    procs = [subprocess.Popen([sys.executable, __file__, out], env={**env, "RANK": str(rank)})
-             for rank in range(world_size)]
+    procs = [
+        subprocess.Popen([sys.executable, __file__, out], env={**env, "RANK": str(rank)}) for rank in range(world_size)
+    ]
     try:
         codes = [proc.wait(timeout=timeout) for proc in procs]
     finally:

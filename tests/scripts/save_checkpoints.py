@@ -36,13 +36,35 @@ class SaveForever(pl.Callback):
 
 
 def main(data_root: str, checkpoint_dir: str) -> None:
-    datamodule = SyntheticDataModule(data_root, num_train_ids=4, num_test_ids=3, image_size=(32, 16),
-                                     num_identities=2, num_instances=2, num_workers=0)
-    model = ICGModule(num_classes=datamodule.num_classes, image_size=(32, 16), backbone="resnet18", pretrained=False,
-                      use_afm=False, use_ppc=False, use_fsg=False)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False, callbacks=[SaveForever(Path(checkpoint_dir) / "last.ckpt")])
+    datamodule = SyntheticDataModule(
+        data_root,
+        num_train_ids=4,
+        num_test_ids=3,
+        image_size=(32, 16),
+        num_identities=2,
+        num_instances=2,
+        num_workers=0,
+    )
+    model = ICGModule(
+        num_classes=datamodule.num_classes,
+        image_size=(32, 16),
+        backbone="resnet18",
+        weights=None,
+        use_afm=False,
+        use_ppc=False,
+        use_fsg=False,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        callbacks=[SaveForever(Path(checkpoint_dir) / "last.ckpt")],
+    )
     trainer.fit(model, datamodule=datamodule)
 
 

@@ -138,8 +138,10 @@ def _draw_legs(p: _Painter, a: Appearance, b: _Body, spread: float) -> None:
         top_hw, bottom_hw = (0.06, 0.1) if b.profile else (0.09 * b.build, 0.14 * b.build)
         p.polygon(
             [
-                (b.x(-top_hw), b.y(0.47)), (b.x(top_hw), b.y(0.47)),
-                (b.x(bottom_hw), b.y(knee)), (b.x(-bottom_hw), b.y(knee)),
+                (b.x(-top_hw), b.y(0.47)),
+                (b.x(top_hw), b.y(0.47)),
+                (b.x(bottom_hw), b.y(knee)),
+                (b.x(-bottom_hw), b.y(knee)),
             ],
             a.trousers,
             PartLabel.LEGS,
@@ -158,8 +160,12 @@ def _draw_torso(p: _Painter, a: Appearance, b: _Body) -> None:
     neck_hw, top, shoulders, waist = 0.045, 0.145, 0.175, 0.52
     p.polygon(
         [
-            (b.x(-neck_hw), b.y(top)), (b.x(neck_hw), b.y(top)), (b.x(b.shoulder), b.y(shoulders)),
-            (b.x(b.waist), b.y(waist)), (b.x(-b.waist), b.y(waist)), (b.x(-b.shoulder), b.y(shoulders)),
+            (b.x(-neck_hw), b.y(top)),
+            (b.x(neck_hw), b.y(top)),
+            (b.x(b.shoulder), b.y(shoulders)),
+            (b.x(b.waist), b.y(waist)),
+            (b.x(-b.waist), b.y(waist)),
+            (b.x(-b.shoulder), b.y(shoulders)),
         ],
         a.shirt,
         PartLabel.UPPER_BODY,

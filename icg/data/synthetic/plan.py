@@ -257,8 +257,14 @@ def plan_images(spec: SyntheticSpec) -> list[SyntheticImage]:
 
     def image(split: str, pid: int, camera: int, appearance: Appearance) -> SyntheticImage:
         return _sample_image(
-            rng, split=split, pid=pid, camera=camera, appearance=appearance, scene=scenes[camera - 1],
-            namer=namer, occlusion_prob=spec.occlusion_prob,
+            rng,
+            split=split,
+            pid=pid,
+            camera=camera,
+            appearance=appearance,
+            scene=scenes[camera - 1],
+            namer=namer,
+            occlusion_prob=spec.occlusion_prob,
         )
 
     def cameras_of_identity() -> list[int]:

@@ -84,9 +84,7 @@ class SyntheticSpec:
         self._set_pair("train_images_per_id", _check_range("train_images_per_id", self.train_images_per_id, 1))
         self._set_pair("cameras_per_id", _check_range("cameras_per_id", self.cameras_per_id, 2))
         if self.cameras_per_id[0] > self.num_cameras:
-            raise ValueError(
-                f"cameras_per_id minimum {self.cameras_per_id[0]} exceeds num_cameras={self.num_cameras}"
-            )
+            raise ValueError(f"cameras_per_id minimum {self.cameras_per_id[0]} exceeds num_cameras={self.num_cameras}")
         self._set_pair(
             "gallery_images_per_camera", _check_range("gallery_images_per_camera", self.gallery_images_per_camera, 1)
         )
