@@ -86,9 +86,10 @@ class ICGModule(LightningModule):
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
         lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
-        head_lr_factor: the learning rate of everything outside the backbone (attention, part classifier, graph,
-            BNNecks and identity classifiers), as a multiple of ``lr`` (fast-reid's ``HEADS_LR_FACTOR``): layers
-            that start from random weights learn faster while a pretrained backbone keeps what it knows.
+        head_lr_factor: the learning rate of the layers after the feature extractor (foreground head, part
+            classifier, graph, BNNecks and identity classifiers), as a multiple of ``lr`` (fast-reid's
+            ``HEADS_LR_FACTOR``): layers that start from random weights learn faster while a pretrained backbone
+            keeps what it knows. The backbone and the AFM's attention take ``lr``.
         warmup_epochs, warmup_start: linear warm-up from ``warmup_start * lr`` over ``warmup_epochs``.
         milestones, gamma: the learning rate is multiplied by ``gamma`` at each milestone epoch.
         center_lr: SGD learning rate of the center-loss centres (BoT: 0.5).
@@ -299,7 +300,10 @@ class ICGModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         centers = list(self.criterion.parameters())
-        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        # the attention belongs to the feature extractor: it makes F_g, from which the foreground target and the
+        # pseudo-labels are read; at the heads' rate it flattened the cell norms (docs/DECISIONS.md)
+        extractor = [self.net.backbone] + ([self.net.attention] if self.net.attention is not None else [])
+        backbone = [p for module in extractor for p in module.parameters() if p.requires_grad]
         taken = {id(p) for p in centers + backbone}
         heads = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         # always three groups, so that a checkpoint's optimiser state fits whatever the factor

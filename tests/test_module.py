@@ -104,8 +104,9 @@ def test_weight_decay_is_decoupled_and_the_heads_take_their_own_lr() -> None:
     )
     optimizer = module.configure_optimizers()["optimizer"]
     backbone, heads, centers = optimizer.param_groups
-    # the backbone at lr, every other trained weight (attention, part classifier, graph, heads) at 10 x lr
-    assert {id(p) for p in backbone["params"]} == {id(p) for p in module.net.backbone.parameters()}
+    # the backbone and the attention at lr, every other trained weight (part classifier, graph, heads) at 10 x lr
+    extractor = [*module.net.backbone.parameters(), *module.net.attention.parameters()]
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in extractor}
     assert {id(p) for p in heads["params"]} >= {id(p) for p in module.net.part_classifier.parameters()}
     trained = [p for p in module.parameters() if p.requires_grad]  # BNNeck biases are frozen (BoT)
     assert len(backbone["params"]) + len(heads["params"]) + len(centers["params"]) == len(trained)
