@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
         "",
         f"Machine: {describe()}.  ",
         "Command: `python benchmarks/ablation.py [--init FILE]` (each finished run is appended to "
-        f"`{args.log}` and not repeated).  ",
+        f"`{os.path.relpath(args.log)}` and not repeated).  ",
         f"Data: `SyntheticDataModule`, {args.train_ids} train / {args.test_ids} test identities, 128x64, "
         f"occlusion and misalignment on (generator seed {args.generator_seed}).  ",
         f"Recipe: ResNet-18, PK 8 x 4, AdamW, {args.epochs} epochs, foreground threshold "
@@ -295,6 +296,8 @@ def main() -> None:
             # re-read: another process (other runs or seeds in parallel) may have added entries to the log
             entries = [json.loads(line) for line in args.log.read_text().splitlines()]
             write_report(entries, args)
+    if entries:  # also when every run was already done: the report follows this script's current layout
+        write_report(entries, args)
 
 
 if __name__ == "__main__":

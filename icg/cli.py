@@ -20,8 +20,8 @@ With ``--ckpt_path``:
   that run in its own version folder (logs, ``best-*.ckpt`` tracking), see :func:`icg.checkpoints.find_last_checkpoint`.
 * The model's hyperparameters come from the checkpoint (Lightning's rule), except values given explicitly on the
   command line (``--model.init_args.X``), which win; where one cannot take effect (``num_parts`` and the other
-  settings that shape the weights; ``lr`` and ``weight_decay`` when ``fit`` restores the optimiser's state) the
-  command stops with an error naming it.
+  settings that shape the weights; ``lr``, ``weight_decay`` and ``head_lr_factor`` when ``fit`` restores the
+  optimiser's state) the command stops with an error naming it.
 * ``validate``, ``test`` and ``predict`` build the model with ``weights=None`` (unless given): the checkpoint
   holds all weights, so ImageNet weights would only be loaded to be overwritten (and need a download offline
   machines cannot do). They accept a checkpoint trained on other identities (another dataset).
@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from icg.checkpoints import find_last_checkpoint, run_version
 from icg.data.datamodule import ReIDDataModule
 from icg.files import atomic_write
+from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.module import ICGModule
 from icg.predict import FeatureWriter, rank_folders
 
@@ -143,6 +144,12 @@ class ICGCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand or self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        model = config.get("model.init_args")
+        if model is not None and model.get("pretrained") is not None:
+            # the deprecated spelling, from a config, the command line or an old checkpoint, names the weights
+            # (over the recipe's `weights`, which the user did not choose)
+            model.weights = resolve_weights(IMAGENET_WEIGHTS, model.pretrained)
+            model.pretrained = None
         if not subcommand or not config.get("ckpt_path"):
             return
         if config.get("weights_only") is None:
@@ -166,7 +173,6 @@ class ICGCLI(LightningCLI):
             model[name] = given  # an explicit value wins over the checkpoint's
         if subcommand in ("validate", "test", "predict") and not {"weights", "pretrained"} & self.explicit:
             model.weights = None
-            model.pretrained = None  # the deprecated spelling, which a checkpoint saved before `weights` holds
 
     def before_fit(self) -> None:
         # `--ckpt_path last` continues the run in its own version folder, so that its logs go on and its best

@@ -26,6 +26,7 @@ clears their gradients before Adam runs. Optimisation stays automatic (one optim
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
+from torchvision.models import WeightsEnum
 
 from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
@@ -72,7 +74,8 @@ class ICGModule(LightningModule):
             be on disk when offline; ``"IMAGENET1K_V2"``, ``"DEFAULT"``), a file (a state dict or an icg
             checkpoint, of which only the backbone is taken) or ``None`` (random).
         pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file), translated into
-            ``weights`` with a ``DeprecationWarning``; the hyperparameters keep only ``weights``.
+            ``weights`` with a ``FutureWarning`` while ``weights`` is at its default; the hyperparameters keep only
+            ``weights``.
         num_parts: K, body parts of the PPC (the paper's best: 6).
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
         foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
@@ -140,8 +143,11 @@ class ICGModule(LightningModule):
     ) -> None:
         super().__init__()
         weights = resolve_weights(weights, pretrained)
+        if isinstance(weights, os.PathLike):  # hyperparameters hold plain values, which weights_only loads read
+            weights = os.fspath(weights)
+        elif isinstance(weights, WeightsEnum):
+            weights = f"{type(weights).__name__}.{weights.name}"
         self.save_hyperparameters(ignore=["pretrained"])
-        self.hparams["weights"] = weights
         if use_ppc and num_train_samples < 1:
             raise ValueError(
                 "ICGModule: use_ppc=True needs num_train_samples (the number of training images, "
@@ -281,6 +287,11 @@ class ICGModule(LightningModule):
         return float(self.hparams.fg_threshold)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the part labels' buffers before PartLabels owned them
+        state = checkpoint["state_dict"]
+        for old, new in (("part_labels", "part_labels.labels"), ("labelled", "part_labels.labeled")):
+            if old in state and new not in state:
+                state[new] = state.pop(old)
         # evaluation and prediction need the network only: a checkpoint trained on other identities (another
         # dataset) is accepted, its identity classifiers, centres and part labels are not loaded
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:

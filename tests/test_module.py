@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -164,24 +162,30 @@ def test_bot_mode_has_no_part_buffers_and_one_branch() -> None:
 
 
 def test_deprecated_pretrained_becomes_weights_in_the_hyperparameters(tmp_path) -> None:
-    with pytest.warns(DeprecationWarning, match="use `weights`"):
+    with pytest.warns(FutureWarning, match="use `weights`"):
         module = ICGModule(
-            num_classes=5, backbone="resnet18", pretrained=False, use_afm=False, use_ppc=False, use_fsg=False
+            num_classes=5, num_train_samples=3, image_size=(H, W), backbone="resnet18", pretrained=False, num_parts=3
         )
     assert module.hparams["weights"] is None and "pretrained" not in module.hparams
-    # a checkpoint saved before `weights` existed holds pretrained=True: loading it for evaluation as the CLI and
-    # icg.predict do (weights=None, pretrained=None) neither warns nor asks for ImageNet weights
-    checkpoint = tmp_path / "old.ckpt"
+    torch.save(build_backbone("resnet18", weights=None).state_dict(), tmp_path / "w.pt")
+    file = ICGModule(num_classes=5, backbone="resnet18", weights=tmp_path / "w.pt", use_ppc=False, use_fsg=False)
+    assert file.hparams["weights"] == str(tmp_path / "w.pt")  # a plain string, which weights_only loads read
+
+    # a checkpoint saved before `weights` and PartLabels: hyperparameters with pretrained=True, label buffers
+    # named part_labels / labelled. Loaded with weights=None (README) it loads no ImageNet weights, and its labels.
+    labels = torch.randint(0, 4, module.part_labels.labels.shape, dtype=torch.uint8)
+    module.part_labels.assign(labels, torch.tensor([True, False, True]))
+    state = module.state_dict()
+    state["part_labels"], state["labelled"] = state.pop("part_labels.labels"), state.pop("part_labels.labeled")
     hparams = {**module.hparams, "pretrained": True}
     del hparams["weights"]
-    torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"},
-        checkpoint,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        loaded = ICGModule.load_from_checkpoint(checkpoint, weights_only=True, weights=None, pretrained=None)
+    checkpoint = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"}, checkpoint)
+    with pytest.warns(FutureWarning, match="using weights=None"):
+        loaded = ICGModule.load_from_checkpoint(checkpoint, weights_only=True, weights=None)
     assert loaded.hparams["weights"] is None
+    assert torch.equal(loaded.part_labels.labels, labels)
+    assert loaded.part_labels.labeled.tolist() == [True, False, True]
 
 
 def test_ppc_without_sample_count_is_a_clear_error() -> None:

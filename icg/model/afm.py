@@ -39,8 +39,9 @@ __all__ = ["ForegroundHead", "SpatialAttention", "foreground_target"]
 class SpatialAttention(nn.Module):
     """CBAM-style spatial attention (Woo et al. 2018) that redistributes weight between cells: mean 1 per image.
 
-    The channel-wise mean and max of the map are stacked to ``[B, 2, h, w]``, a 7x7 convolution (no bias, as in
-    CBAM) and a sigmoid turn them into weights, and the weights are divided by their mean over the image.
+    The channel-wise mean and max of the map are stacked to ``[B, 2, h, w]``, a ``k x k`` convolution (CBAM: 7x7,
+    no bias) and a sigmoid turn them into weights, and the weights are divided by their mean over the image. The
+    convolution starts at zero: ``S_A = 1`` everywhere until training moves it.
 
     Why the mean is fixed: with a free overall scale the attention collapses. BNNeck makes the identity
     cross-entropy blind to the feature scale, while the triplet and center losses on the features before BN

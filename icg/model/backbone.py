@@ -25,7 +25,7 @@ Weights (``weights``, torchvision's convention)
     * ``None``: random initialization.
 
 ``pretrained`` (``True`` / ``False`` / a name or file) is the former spelling, still accepted with a
-``DeprecationWarning``: ``True`` is ``weights="IMAGENET1K_V1"``, ``False`` is ``weights=None``.
+``FutureWarning``: ``True`` is ``weights="IMAGENET1K_V1"``, ``False`` is ``weights=None``.
 """
 
 from __future__ import annotations
@@ -155,28 +155,27 @@ def _named_weights(weights_enum: type[WeightsEnum], value: str) -> WeightsEnum |
     return weights_enum.__members__.get(member)
 
 
-def resolve_weights(weights: str | WeightsEnum | None, pretrained: bool | str | None) -> str | WeightsEnum | None:
-    """``weights``, or the value of the deprecated ``pretrained`` in its place (with a ``DeprecationWarning``):
-    ``True`` is :data:`IMAGENET_WEIGHTS`, ``False`` is ``None``, a name or file stays as it is.
-
-    Raises:
-        ValueError: both are given (``weights`` is not at its default while ``pretrained`` is set).
+def resolve_weights(
+    weights: str | os.PathLike[str] | WeightsEnum | None, pretrained: bool | str | None
+) -> str | os.PathLike[str] | WeightsEnum | None:
+    """``weights``, or the value of the deprecated ``pretrained`` in its place, with a ``FutureWarning`` (shown to
+    users, whose configs may still say ``pretrained``): ``True`` is :data:`IMAGENET_WEIGHTS`, ``False`` is
+    ``None``, a name or file stays as it is. ``pretrained`` counts only while ``weights`` is at its default;
+    otherwise ``weights`` was chosen and wins (a checkpoint saved with ``pretrained: true`` and loaded with
+    ``weights=None`` loads no ImageNet weights).
     """
     if pretrained is None:
         return weights
+    translated = IMAGENET_WEIGHTS if pretrained is True else None if pretrained is False else pretrained
+    chosen = translated if weights == IMAGENET_WEIGHTS else weights
     warnings.warn(
-        "`pretrained` is deprecated, use `weights` (torchvision's convention): pretrained=True is "
-        f"weights={IMAGENET_WEIGHTS!r}, pretrained=False is weights=None, a weight name or file stays as it is",
-        DeprecationWarning,
+        f"`pretrained` is deprecated, use `weights` (torchvision's convention): pretrained=True is "
+        f"weights={IMAGENET_WEIGHTS!r}, pretrained=False is weights=None, a weight name or file stays as it is; "
+        f"using weights={chosen!r}",
+        FutureWarning,
         stacklevel=3,
     )
-    if weights != IMAGENET_WEIGHTS:
-        raise ValueError(
-            f"give `weights` or the deprecated `pretrained`, not both (got {weights!r} and {pretrained!r})"
-        )
-    if isinstance(pretrained, bool):
-        return IMAGENET_WEIGHTS if pretrained else None
-    return pretrained
+    return chosen
 
 
 class ResNetBackbone(nn.Module):

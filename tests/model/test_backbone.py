@@ -177,12 +177,14 @@ def test_weights_as_member_or_path_and_the_deprecated_pretrained(tmp_path, monke
         build_backbone("resnet18", weights=True)
 
     # pretrained=True / False / a file still work, with a warning that says what to write instead
-    with pytest.warns(DeprecationWarning, match="pretrained=True is weights='IMAGENET1K_V1'"):
+    with pytest.warns(FutureWarning, match="pretrained=True is weights='IMAGENET1K_V1'"):
         torch.testing.assert_close(build_backbone("resnet18", pretrained=True).state_dict()[key], state[key])
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         torch.testing.assert_close(ResNetBackbone("resnet18", pretrained=str(file)).state_dict()[key], state[key])
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         random = build_backbone("resnet18", pretrained=False).state_dict()[key]
     assert not torch.equal(random, state[key])
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="not both"):
-        build_backbone("resnet18", weights=None, pretrained=True)
+    # a chosen `weights` wins over `pretrained` (an old checkpoint's pretrained=True loaded with weights=None)
+    with pytest.warns(FutureWarning, match="using weights=None"):
+        random = build_backbone("resnet18", weights=None, pretrained=True).state_dict()[key]
+    assert not torch.equal(random, state[key])
