@@ -80,7 +80,9 @@ def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool)
         attention_gradients.append(module.net.attention.conv.weight.grad.abs().max().item())
         optimizer.step()
     assert on_shares[0] > off_shares[0] + 0.2  # the target starts on the object ...
-    assert min(on_shares) > on_shares[0] - 0.02 and max(off_shares) < off_shares[0] + 0.02  # ... and stays there
+    # ... and stays there, up to a few cells near the threshold that rounding-level changes flip (the thread count
+    # decides which); the collapse this guards against took the on-object share from 0.78 to 0.00
+    assert min(on_shares) > on_shares[0] - 0.05 and max(off_shares) < off_shares[0] + 0.05
     # the attention gets no gradient from L_sep (zero up to rounding): the pixel classifiers see directions only
     assert max(attention_gradients) < 1e-6
 
