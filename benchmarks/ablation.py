@@ -252,6 +252,11 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
     args.output.write_text("\n".join(text) + "\n\n" + analysis)
 
 
+def read_log(path: Path) -> list[dict]:
+    """Every finished run in the log, one JSON line each (none when there is no log yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
@@ -284,7 +289,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"Machine: {describe()}", flush=True)
     init = "stand-in" if args.init else "scratch"
-    entries = [json.loads(line) for line in args.log.read_text().splitlines()] if args.log.exists() else []
+    entries = read_log(args.log)
     for seed in args.seeds:
         for name in args.runs:
             if any(e["run"] == name and e["seed"] == seed and e["init"] == init for e in entries):
@@ -294,7 +299,7 @@ def main() -> None:
             with args.log.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")
             # re-read: another process (other runs or seeds in parallel) may have added entries to the log
-            entries = [json.loads(line) for line in args.log.read_text().splitlines()]
+            entries = read_log(args.log)
             write_report(entries, args)
     if entries:  # also when every run was already done: the report follows this script's current layout
         write_report(entries, args)
