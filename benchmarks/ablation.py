@@ -33,7 +33,8 @@ import torch
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from truth import NUM_TRUE_LABELS, label_quality, true_part_cells
 
-from icg import ICGModule, PartClustering, SyntheticDataModule
+from icg import ICGModule, PartClustering, ReIDFeatures, SyntheticDataModule, evaluate_rank, icg_distance
+from icg.model import to_reid_features
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ TABLES = {
 COLUMNS = [  # key, header, format
     ("mAP", "mAP", "pm"),
     ("rank1", "Rank-1", "pm"),
+    ("mAP_global", "mAP: global", "pm"),
+    ("mAP_foreground", "mAP: foreground", "pm"),
+    ("mAP_fixed_terms", "mAP: eq. 15 without parts", "pm"),
     ("visible_parts", "visible parts / test image", "{:.2f}"),
     ("test_fg_precision", "test fg precision", "{:.0%}"),
     ("test_purity", "test part purity", "{:.0%}"),
@@ -95,20 +99,41 @@ class TruePartLabels(PartClustering):
 
 
 @torch.no_grad()
-def test_part_maps(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np.ndarray, np.ndarray]:
-    """The predicted part map of every query and gallery image (0 background, 1..K arg-max parts; without the
-    PPC, 1 where ``P_f >= 0.5``) and the visible parts of each image (NaN without the PPC)."""
-    maps, visible = [], []
+def test_outputs(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """On the query and gallery images: the predicted part map of every image (0 background, 1..K arg-max parts;
+    without the PPC, 1 where ``P_f >= 0.5``), the visible parts of each image (NaN without the PPC), and the mAP of
+    single retrieval features and of eq. 15 without the part terms, which say what each branch contributes."""
+    maps, visible, features, pids, camids, is_query = [], [], [], [], [], []
     module.eval()
     for batch in datamodule.test_dataloader():
         output = module(batch["image"].to(module.device))
+        features.append(to_reid_features(output))
+        pids.append(batch["pid"])
+        camids.append(batch["camid"])
+        is_query.append(batch["is_query"])
         if output.part_logits is not None:
             maps.append(output.part_logits.argmax(dim=1))
             visible.append(output.visibility.float().sum(dim=1))
         else:
             maps.append((output.fg_logits.softmax(dim=1)[:, 1] >= 0.5).long())
             visible.append(torch.full((len(batch["image"]),), float("nan")))
-    return torch.cat(maps).cpu().numpy(), torch.cat(visible).numpy()
+    features = ReIDFeatures.cat(features).to("cpu")
+    pids, camids, is_query = torch.cat(pids), torch.cat(camids), torch.cat(is_query)
+    query, gallery = features[is_query], features[~is_query]
+
+    def mean_ap(query: ReIDFeatures, gallery: ReIDFeatures) -> float:
+        distances = icg_distance(query, gallery)
+        return evaluate_rank(distances, pids[is_query], pids[~is_query], camids[is_query], camids[~is_query]).mAP
+
+    def without_parts(features: ReIDFeatures) -> ReIDFeatures:
+        return ReIDFeatures(global_feat=features.global_feat, foreground=features.foreground, graph=features.graph)
+
+    breakdown = {"mAP_global": mean_ap(query.global_feat, gallery.global_feat)}
+    if features.foreground is not None:
+        breakdown["mAP_foreground"] = mean_ap(query.foreground, gallery.foreground)
+    if features.parts is not None:
+        breakdown["mAP_fixed_terms"] = mean_ap(without_parts(query), without_parts(gallery))
+    return torch.cat(maps).cpu().numpy(), torch.cat(visible).numpy(), breakdown
 
 
 def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
@@ -119,7 +144,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         num_train_ids=args.train_ids,
         num_test_ids=args.test_ids,
         generator_seed=args.generator_seed,
-        image_size=(128, 64),
+        image_size=tuple(args.image_size),
         num_identities=8,
         num_instances=4,
         num_workers=args.workers,
@@ -135,7 +160,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     module = ICGModule(
         num_classes=datamodule.num_classes,
         num_train_samples=datamodule.num_train_samples,
-        image_size=(128, 64),
+        image_size=tuple(args.image_size),
         backbone="resnet18",
         weights=str(args.init) if args.init else None,
         num_parts=variant.num_parts,
@@ -164,7 +189,8 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
     result = {"mAP": metrics["test/mAP"], "rank1": metrics["test/rank1"]}
     if variant.use_afm or variant.use_ppc:
-        predicted, visible = test_part_maps(module, datamodule)
+        predicted, visible, breakdown = test_outputs(module, datamodule)
+        result.update(breakdown)
         eval_paths = [record.path for record in datamodule.eval_records]
         quality = label_quality(predicted, true_part_cells(eval_paths, predicted.shape[1:]))
         result.update(visible_parts=float(np.mean(visible)), test_fg_precision=quality["fg_precision"])
@@ -223,7 +249,8 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
         f"Machine: {describe()}.  ",
         "Command: `python benchmarks/ablation.py [--init FILE]` (each finished run is appended to "
         f"`{os.path.relpath(args.log)}` and not repeated).  ",
-        f"Data: `SyntheticDataModule`, {args.train_ids} train / {args.test_ids} test identities, 128x64, "
+        f"Data: `SyntheticDataModule`, {args.train_ids} train / {args.test_ids} test identities, "
+        f"{args.image_size[0]}x{args.image_size[1]}, "
         f"occlusion and misalignment on (generator seed {args.generator_seed}).  ",
         f"Recipe: ResNet-18, PK 8 x 4, AdamW, {args.epochs} epochs, foreground threshold "
         f"{args.fg_threshold}, attention kernel 3, clustering every 2 epochs; mean ± half-range over seeds, in %. "
@@ -265,6 +292,9 @@ def main() -> None:
         "--init", type=Path, default=None, help="backbone weights to start from (the stand-in); default: from scratch"
     )
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"), help="rendered and network size"
+    )
     parser.add_argument("--fg-threshold", type=float, default=0.5)
     parser.add_argument(
         "--generator-seed", type=int, default=0, help="the population (the stand-in is pretrained on seed 1000)"
