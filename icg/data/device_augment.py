@@ -3,9 +3,10 @@
 :class:`BatchAugmentation` takes a batch of resized uint8 images ``[B, 3, H, W]`` (from the decoded cache,
 :mod:`icg.data.cache`, or from loader workers that only decode and resize) and does what
 :class:`~icg.data.transforms.TrainTransform` does to each image on the CPU: horizontal flip, zero padding + random
-crop, normalisation, random erasing with value 0, and the source map that keeps the part labels aligned. The
-flip and the crop are one gather per batch (every output pixel reads its source pixel, or is padding), the
-normalisation and the erasing elementwise ops, so a GPU augments thousands of images in a millisecond or two.
+crop, normalisation, random erasing with value 0, and the source map that keeps the part labels aligned. On a GPU
+the flip and the crop are one gather per batch (every output pixel reads its source pixel, or is padding) and the
+normalisation and the erasing elementwise ops, a few kernel launches per batch; on the CPU, where index tensors
+cost more than the copies they save, each image is a slice of the padded batch.
 
 The random parameters are drawn per image from a ``torch.Generator`` on the batch's device (:meth:`draw`), with
 torchvision's distributions; :meth:`__call__` applies given :class:`~icg.data.transforms.AugmentParams`, so the
@@ -74,20 +75,21 @@ class BatchAugmentation:
         return AugmentParams(flip, corner[0], corner[1], erase, erase_box)
 
     def __call__(self, images: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
-        """Augments ``images`` uint8 ``[B, 3, H, W]`` with ``params`` (on the images' device).
+        """Augments ``images`` uint8 ``[B, 3, H, W]`` with ``params`` (on the images' device): on the CPU with
+        :meth:`per_image` (slices), elsewhere with :meth:`batched` (one gather), which give the same result.
 
         Returns:
             ``image`` float32 ``[B, 3, H, W]``, normalised, and ``source`` int64 ``[B, H, W]``: the flat index
             ``y * W + x`` of the pixel of the un-augmented image each output pixel shows, or
             :data:`~icg.data.transforms.INVALID_SOURCE` for padding and erased pixels.
         """
-        transform = self.transform
+        return self.per_image(images, params) if images.device.type == "cpu" else self.batched(images, params)
+
+    def batched(self, images: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
+        """:meth:`__call__` in a fixed number of whole-batch operations (a GPU's way: a few kernel launches, no
+        host synchronisation): flip, pad and crop are one gather from the padded batch, erasing a mask."""
+        transform = self._check(images)
         batch_size, channels, height, width = images.shape
-        if (height, width) != transform.image_size:
-            raise ValueError(
-                f"BatchAugmentation: the batch is {height}x{width}, the training size is "
-                f"{transform.image_size[0]}x{transform.image_size[1]}; the images must be resized first"
-            )
         device, padding = images.device, transform.padding
         # Output pixel (y, x) shows pixel (y + top, x + left) of the padded, flipped image. Padding is symmetric, so
         # that is column (W + 2 * padding - 1) - (x + left) of the padded original where the image is flipped.
@@ -96,21 +98,16 @@ class BatchAugmentation:
         cols = torch.arange(width, device=device)[None, None, :] + params.left[:, None, None]
         cols = torch.where(params.flip[:, None, None], width + 2 * padding - 1 - cols, cols)
         padded = F.pad(images, [padding], fill=0) if padding > 0 else images
-        padded_width = width + 2 * padding
-        index = (rows * padded_width + cols).view(batch_size, 1, height * width).expand(-1, channels, -1)
+        index = (rows * (width + 2 * padding) + cols).view(batch_size, 1, height * width).expand(-1, channels, -1)
         moved = padded.reshape(batch_size, channels, -1).gather(2, index).view(batch_size, channels, height, width)
-        # in place on the new float tensor: large fresh allocations cost page faults on the CPU
-        image = F.normalize(
-            F.to_dtype(moved, torch.float32, scale=True), list(transform.mean), list(transform.std), inplace=True
-        )
+        image = self._normalize(moved)
         # the erased box is in output coordinates: [B, H, 1] and [B, 1, W] tests, one [B, H, W] mask
         y, x = torch.arange(height, device=device)[None, :, None], torch.arange(width, device=device)[None, None, :]
         top, left, box_height, box_width = (value[:, None, None] for value in params.erase_box.unbind(dim=1))
         erased = (params.erase[:, None, None] & (y >= top) & (y < top + box_height)) & (
             (x >= left) & (x < left + box_width)
         )
-        # value 0 after normalisation, the dataset mean, as the CPU path's F.erase
-        image.mul_(~erased[:, None])
+        image.mul_(~erased[:, None])  # value 0 after normalisation, as the CPU path's F.erase
         # Source row and column in the un-augmented image; a padding row or column is pushed so far below zero that
         # every pixel on it has a negative flat index, which clamps to INVALID_SOURCE (-1).
         outside = -height * width
@@ -118,3 +115,49 @@ class BatchAugmentation:
         cols = (cols - padding).masked_fill_((cols < padding) | (cols >= width + padding), outside)
         source = (rows * width + cols).clamp_min_(INVALID_SOURCE).masked_fill_(erased, INVALID_SOURCE)
         return image, source
+
+    def per_image(self, images: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
+        """:meth:`__call__` as copies of one slice per image (the CPU's way: memory copies, no index tensors, 3x
+        faster there than :meth:`batched`; on a GPU each slice would be a kernel launch)."""
+        transform = self._check(images)
+        height, width = transform.image_size
+        padding = transform.padding
+        padded = F.pad(images, [padding], fill=0) if padding > 0 else images
+        # the source maps of the padded original and of the padded flipped image (padding is symmetric)
+        identity = F.pad(transform.identity_source[None], [padding], fill=INVALID_SOURCE)[0].to(images.device)
+        sources = (identity, identity.flip(-1))
+        moved = torch.empty_like(images)
+        source = torch.empty(len(images), height, width, dtype=torch.int64, device=images.device)
+        flips, tops, lefts = params.flip.tolist(), params.top.tolist(), params.left.tolist()
+        for row, (flip, top, left) in enumerate(zip(flips, tops, lefts)):
+            if flip:  # the crop of the flipped padded image: the mirrored columns of the padded original
+                right = width + 2 * padding - left
+                moved[row] = padded[row, :, top : top + height, right - width : right].flip(-1)
+            else:
+                moved[row] = padded[row, :, top : top + height, left : left + width]
+            source[row] = sources[flip][top : top + height, left : left + width]
+        image = self._normalize(moved)
+        for row, (erase, (top, left, box_height, box_width)) in enumerate(
+            zip(params.erase.tolist(), params.erase_box.tolist())
+        ):
+            if erase:  # value 0 after normalisation, as the CPU path's F.erase
+                image[row, :, top : top + box_height, left : left + box_width] = 0
+                source[row, top : top + box_height, left : left + box_width] = INVALID_SOURCE
+        return image, source
+
+    def _check(self, images: Tensor) -> TrainTransform:
+        transform = self.transform
+        if tuple(images.shape[-2:]) != transform.image_size:
+            raise ValueError(
+                f"BatchAugmentation: the batch is {images.shape[-2]}x{images.shape[-1]}, the training size is "
+                f"{transform.image_size[0]}x{transform.image_size[1]}; the images must be resized first"
+            )
+        return transform
+
+    def _normalize(self, images: Tensor) -> Tensor:
+        """uint8 -> float32, normalised as the CPU path does (the same ops); in place on the new tensor, because
+        large fresh allocations cost page faults on the CPU."""
+        transform = self.transform
+        return F.normalize(
+            F.to_dtype(images, torch.float32, scale=True), list(transform.mean), list(transform.std), inplace=True
+        )

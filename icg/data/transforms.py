@@ -166,7 +166,7 @@ class TrainTransform:
         self.erasing = v2.RandomErasing(erasing_prob, value=0) if erasing_prob > 0 else None
         height, width = self.image_size
         self._shape = [tv_tensors.Image(torch.empty(3, height, width, dtype=torch.uint8))]  # what make_params reads
-        self._identity_source = torch.arange(height * width, dtype=torch.int64).view(height, width)
+        self.identity_source = torch.arange(height * width, dtype=torch.int64).view(height, width)
 
     def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.augment(resize(image, self.image_size))
@@ -199,7 +199,7 @@ class TrainTransform:
     def apply(self, image: Tensor, params: AugmentParams, row: int = 0) -> tuple[Tensor, Tensor]:
         """Applies row ``row`` of ``params`` to a resized uint8 image ``[3, H, W]``: ``(image float32 [3, H, W],
         source int64 [H, W])``."""
-        image, source = tv_tensors.Image(image), tv_tensors.Mask(self._identity_source)
+        image, source = tv_tensors.Image(image), tv_tensors.Mask(self.identity_source)
         if params.flip[row]:
             image, source = F.horizontal_flip(image), F.horizontal_flip(source)
         if self.padding > 0:

@@ -24,15 +24,19 @@ def _batch(size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (size, 3, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
+METHODS = ["batched", "per_image"]  # the GPU's way and the CPU's, both checked here on the CPU
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("settings", SETTINGS)
 @pytest.mark.parametrize("seed", range(3))
-def test_same_draws_give_the_cpu_paths_images_and_source_maps(settings: dict, seed: int) -> None:
+def test_same_draws_give_the_cpu_paths_images_and_source_maps(method: str, settings: dict, seed: int) -> None:
     transform = TrainTransform((H, W), **settings)
     torch.manual_seed(seed)
     params = transform.draw(48)  # torchvision's draws, applied by both paths
     images = _batch(48, seed)
     expected = [transform.apply(images[row], params, row) for row in range(48)]
-    image, source = BatchAugmentation(transform)(images, params)
+    image, source = getattr(BatchAugmentation(transform), method)(images, params)
     torch.testing.assert_close(image, torch.stack([e[0] for e in expected]), rtol=0, atol=1e-6)
     assert torch.equal(source, torch.stack([e[1] for e in expected]))
 
@@ -50,11 +54,13 @@ def test_device_draws_applied_on_the_cpu_path_give_the_same_images(settings: dic
         assert torch.equal(source[row], expected_source)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", range(5))
-def test_batch_source_map_points_at_the_pixel_each_output_pixel_came_from(seed: int) -> None:
+def test_batch_source_map_points_at_the_pixel_each_output_pixel_came_from(method: str, seed: int) -> None:
     augmentation = BatchAugmentation(TrainTransform((H, W), flip_prob=0.5, padding=4, erasing_prob=0.7))
     images = coordinate_image(H, W).expand(16, -1, -1, -1)
-    image, source = augmentation(images, augmentation.draw(16, torch.Generator().manual_seed(seed)))
+    params = augmentation.draw(16, torch.Generator().manual_seed(seed))
+    image, source = getattr(augmentation, method)(images, params)
     assert image.shape == (16, 3, H, W) and image.dtype == torch.float32
     assert source.shape == (16, H, W) and source.dtype == torch.int64
     pixels = denormalize(image).permute(1, 0, 2, 3)  # [3, B, H, W]
@@ -67,16 +73,16 @@ def test_batch_source_map_points_at_the_pixel_each_output_pixel_came_from(seed: 
     assert bool(padded.any()) and bool(erased.any())  # both kinds occur at these seeds
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", range(3))
-def test_part_labels_read_through_batch_source_maps_stay_aligned(seed: int) -> None:
+def test_part_labels_read_through_batch_source_maps_stay_aligned(method: str, seed: int) -> None:
     h, w, parts, batch = 8, 4, 6, 16
     labels = PartLabels(batch, parts, (h, w))
     grid = torch.arange(batch)[:, None, None] + torch.arange(h * w).view(1, h, w)
     labels.assign((1 + grid % parts).to(torch.uint8), torch.ones(batch, dtype=torch.bool))
     augmentation = BatchAugmentation(TrainTransform((H, W), flip_prob=0.5, padding=4, erasing_prob=0.9))
-    image, source = augmentation(
-        coordinate_image(H, W).expand(batch, -1, -1, -1), augmentation.draw(batch, torch.Generator().manual_seed(seed))
-    )
+    params = augmentation.draw(batch, torch.Generator().manual_seed(seed))
+    image, source = getattr(augmentation, method)(coordinate_image(H, W).expand(batch, -1, -1, -1), params)
     index = torch.arange(batch)
     targets = labels.targets(index, source, torch.ones(batch, h, w))
     # reference: the colour of the pixel at each cell's centre says which original pixel it shows
@@ -138,11 +144,12 @@ def test_draws_follow_torchvision_distributions() -> None:
     assert bool((difference < torch.tensor([0.01, 0.08, 0.035, 0.035], dtype=torch.float64)).all()), difference
 
 
-def test_a_batch_of_another_size_is_refused() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_a_batch_of_another_size_is_refused(method: str) -> None:
     augmentation = BatchAugmentation(TrainTransform((H, W)))
     params = augmentation.draw(2, torch.Generator())
     with pytest.raises(ValueError, match="the batch is 16x8, the training size is 32x16"):
-        augmentation(torch.zeros(2, 3, 16, 8, dtype=torch.uint8), params)
+        getattr(augmentation, method)(torch.zeros(2, 3, 16, 8, dtype=torch.uint8), params)
 
 
 @pytest.mark.cuda
