@@ -31,10 +31,16 @@ MARKET_TRAIN_IMAGES = 12936
 
 
 class StepTimer(pl.Callback):
+    """Seconds between consecutive ``on_train_batch_end`` calls of one epoch (a step, data wait included); the
+    first step of an epoch is not timed, so the epoch start (part clustering, loader restart) never counts."""
+
     def __init__(self) -> None:
         super().__init__()
         self.times: list[float] = []
         self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if torch.cuda.is_available():
