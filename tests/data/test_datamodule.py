@@ -97,19 +97,23 @@ class _RecordBatches(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_path: Path) -> None:
-    datamodule = _datamodule(bigger_market, seed=3)
-    model = _RecordBatches()
-    trainer = pl.Trainer(
-        max_epochs=3,
+def _quiet_trainer(root: Path, **kwargs) -> pl.Trainer:
+    """A CPU trainer that writes and prints nothing."""
+    return pl.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
+        **kwargs,
     )
-    trainer.fit(model, datamodule=datamodule)
+
+
+def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_path: Path) -> None:
+    datamodule = _datamodule(bigger_market, seed=3)
+    model = _RecordBatches()
+    _quiet_trainer(tmp_path, max_epochs=3).fit(model, datamodule=datamodule)
     expected = {}
     for epoch in range(3):
         sampler = PKSampler([r.pid for r in datamodule.train_records], 2, 2, seed=3)
@@ -257,19 +261,9 @@ class _RecordAugmented(_RecordBatches):
 def test_training_batches_are_augmented_on_the_device_and_stay_aligned(synthetic_root: Path, tmp_path: Path) -> None:
     datamodule = _synthetic(synthetic_root, num_workers=0, cache="memory")
     model = _RecordAugmented()
-    trainer = pl.Trainer(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    _quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0).fit(
+        model, datamodule=datamodule
     )
-    trainer.fit(model, datamodule=datamodule)
     cache = datamodule.image_cache()
     assert len(model.batches) == 3
     for batch in model.batches:
