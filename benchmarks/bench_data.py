@@ -18,9 +18,10 @@ pad + crop, normalise, erasing, source map):
 A rate is images over the wall time of ``--batches`` batches after the first (worker start-up), including the
 move to the device and the augmentation there; medians of ``--repeats`` passes. The main process runs
 ``--threads`` torch threads (1: the same as one loader worker), so with 0 workers every path runs in one process on
-one thread: the ratios printed last are per worker::
+one thread: the ratios printed last are per worker. The two paths of the headline ratio are measured in alternated
+passes, so that a change in the machine's load hits both::
 
-    python benchmarks/bench_data.py --workers 0 1 2
+    python benchmarks/bench_data.py --workers 1 2
 """
 
 from __future__ import annotations
@@ -53,28 +54,36 @@ def datamodule(args: argparse.Namespace, workers: int, **options) -> SyntheticDa
     return module
 
 
-def rates(args: argparse.Namespace, workers: int, *, augment: bool = True, **options) -> list[float]:
-    """Images/s of ``--repeats`` passes over ``--batches`` batches of a train loader with ``workers`` workers and
-    the datamodule ``options``, moved to the device and augmented there when the datamodule augments there (and
-    ``augment``: False times the loader alone)."""
-    module = datamodule(args, workers, **options)
-    device = torch.device(args.device)
-    loader = module.train_dataloader()
-    measured = []
-    for _ in range(args.repeats):  # each pass starts the workers afresh
-        iterator = iter(loader)
+class Pipeline:
+    """A train loader with ``workers`` workers of the datamodule with ``options``, its batches moved to the device
+    and, when the datamodule augments there and ``augment``, augmented there (``augment=False`` times the loader
+    alone)."""
+
+    def __init__(self, args: argparse.Namespace, workers: int, *, augment: bool = True, **options) -> None:
+        self.module = datamodule(args, workers, **options)
+        self.loader = self.module.train_dataloader()
+        self.device, self.batches = torch.device(args.device), args.batches
+        self.augment = augment and self.module.augment_on_device
+
+    def rate(self) -> float:
+        """Images/s of one pass over ``--batches`` batches; each pass starts the workers afresh."""
+        iterator = iter(self.loader)
         next(iterator)  # worker start-up and the first batch are not timed
         start, images = time.perf_counter(), 0
-        for _, batch in zip(range(args.batches), iterator):
-            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            if module.augment_on_device and augment:
-                batch = module.augment_batch(batch)
+        for _, batch in zip(range(self.batches), iterator):
+            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+            if self.augment:
+                batch = self.module.augment_batch(batch)
             images += len(batch["image"])
-        if device.type == "cuda":
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
-        measured.append(images / (time.perf_counter() - start))
-        del iterator
-    return measured
+        return images / (time.perf_counter() - start)
+
+
+def rates(args: argparse.Namespace, workers: int, **options) -> list[float]:
+    """Images/s of ``--repeats`` passes of a :class:`Pipeline`."""
+    pipeline = Pipeline(args, workers, **options)
+    return [pipeline.rate() for _ in range(args.repeats)]
 
 
 def report(name: str, workers: int, measured: list[float]) -> float:
@@ -86,9 +95,9 @@ def report(name: str, workers: int, measured: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="besides 0")
     parser.add_argument("--batches", type=int, default=12)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-bench-loader"))
@@ -98,29 +107,35 @@ def main() -> None:
     print(f"machine: {describe()}")
     print(f"augmentation device: {args.device}; batches of 64 at 256x128 from 128x64 JPEGs")
 
-    decoding = {w: report("decode + CPU augmentation", w, rates(args, w)) for w in args.workers}
-    before, start = status_kib("VmRSS"), time.perf_counter()
-    cache = datamodule(args, 0, cache="memory").image_cache()  # decoded in one thread
-    build, grown, images = time.perf_counter() - start, (status_kib("VmRSS") - before) / 2**10, len(cache)
-    del cache
-    cached = {w: report("memory cache + device augmentation", w, rates(args, w, cache="memory")) for w in args.workers}
+    # per worker: both in this one process, passes alternated so that a change of the machine's load hits both
+    decoding, cached = Pipeline(args, 0), Pipeline(args, 0, cache="memory")
+    pairs = [(decoding.rate(), cached.rate()) for _ in range(args.repeats)]
+    old_median = report("decode + CPU augmentation", 0, [old for old, _ in pairs])
+    report("memory cache + device augmentation", 0, [new for _, new in pairs])
+    ratios = [new / old for old, new in pairs]
+    for workers in (w for w in args.workers if w > 0):
+        report("decode + CPU augmentation", workers, rates(args, workers))
+        report("memory cache + device augmentation", workers, rates(args, workers, cache="memory"))
     loader = report("memory cache, loader alone", 0, rates(args, 0, augment=False, cache="memory"))
-    disk = {"cache": "disk", "cache_dir": str(args.cache_dir)}
-    report("disk cache + device augmentation", 0, rates(args, 0, **disk))
+    report("disk cache + device augmentation", 0, rates(args, 0, cache="disk", cache_dir=str(args.cache_dir)))
     report("memory cache + CPU augmentation", 0, rates(args, 0, cache="memory", augment_on_device=False))
     report("decode + device augmentation", 0, rates(args, 0, augment_on_device=True))
 
+    before, start = status_kib("VmRSS"), time.perf_counter()
+    cache = datamodule(args, 0, cache="memory").image_cache()  # decoded in one thread
+    build, grown, images = time.perf_counter() - start, (status_kib("VmRSS") - before) / 2**10, len(cache)
     per_image = 3 * 256 * 128
     print(
         f"memory cache: {images} images, {images * per_image / 2**20:.0f} MiB ({per_image // 1024} KiB per image; "
         f"resident memory grew {grown:.0f} MiB), decoded in {build:.1f} s with 1 thread; at 256x128: Market-1501 "
         f"{MARKET_TRAIN_IMAGES * per_image / 2**30:.2f} GiB, MSMT17 {MSMT17_TRAIN_IMAGES * per_image / 2**30:.2f} GiB"
     )
-    if 0 in args.workers:
-        # with 0 workers both paths run in this one process on --threads threads: the rate per worker
-        print(f"per worker: cache + device augmentation / decoding loader: {cached[0] / decoding[0]:.1f}x")
-        # what a loader worker does when a GPU augments: index the cache and collate
-        print(f"per worker: cache, loader alone / decoding loader: {loader / decoding[0]:.1f}x")
+    print(
+        f"per worker: cache + device augmentation / decoding loader: median {statistics.median(ratios):.1f}x "
+        f"(alternated passes: {', '.join(f'{ratio:.1f}' for ratio in ratios)})"
+    )
+    # what a loader worker does when a GPU augments: index the cache and collate
+    print(f"per worker: cache, loader alone / decoding loader: {loader / old_median:.0f}x")
 
 
 if __name__ == "__main__":
