@@ -36,6 +36,7 @@ class BatchAugmentation:
 
     def __init__(self, transform: TrainTransform) -> None:
         self.transform = transform
+        self._statistics: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def draw(self, batch_size: int, generator: torch.Generator) -> AugmentParams:
         """Draws the parameters of ``batch_size`` images on ``generator``'s device, from the distributions of
@@ -155,9 +156,16 @@ class BatchAugmentation:
         return transform
 
     def _normalize(self, images: Tensor) -> Tensor:
-        """uint8 -> float32, normalised as the CPU path does (the same ops); in place on the new tensor, because
-        large fresh allocations cost page faults on the CPU."""
-        transform = self.transform
-        return F.normalize(
-            F.to_dtype(images, torch.float32, scale=True), list(transform.mean), list(transform.std), inplace=True
-        )
+        """uint8 -> float32 normalised with the CPU path's ops (``F.to_dtype``, then ``F.normalize``'s ``sub_`` and
+        ``div_``), in place on the new tensor (large fresh allocations cost page faults on the CPU). The mean and
+        std are kept on each device: ``F.normalize`` copies them from host lists at every call, and a copy from
+        pageable memory makes the host wait for the GPU, which would end the overlap of data and training."""
+        device = images.device
+        if device not in self._statistics:
+            transform = self.transform
+            self._statistics[device] = tuple(
+                torch.tensor(values, dtype=torch.float32).view(-1, 1, 1).to(device)
+                for values in (transform.mean, transform.std)
+            )
+        mean, std = self._statistics[device]
+        return F.to_dtype(images, torch.float32, scale=True).sub_(mean).div_(std)
