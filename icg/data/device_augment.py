@@ -118,8 +118,9 @@ class BatchAugmentation:
         return image, source
 
     def per_image(self, images: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
-        """:meth:`__call__` as copies of one slice per image (the CPU's way: memory copies, no index tensors, 3x
-        faster there than :meth:`batched`; on a GPU each slice would be a kernel launch)."""
+        """:meth:`__call__` as copies of one slice per image (the CPU's way: memory copies and no index tensors,
+        1.5x to 3x faster there than :meth:`batched` in our measurements; on a GPU each slice would be a kernel
+        launch)."""
         transform = self._check(images)
         height, width = transform.image_size
         padding = transform.padding
