@@ -4,7 +4,7 @@ Trains ``ICGModule`` (default ResNet-50, 256x128, PK 16 x 4 = 64 images per step
 through ``SyntheticDataModule``, its loaders and ``PartClustering``, and prints:
 
 * train images/s: median over the timed steps (after warm-up) of batch size / step time, where a step is the
-  time between two ``on_train_batch_end`` calls (data wait + forward + loss + backward + Adam);
+  time between two ``on_train_batch_end`` calls of one epoch (data wait + forward + loss + backward + Adam);
 * clustering: seconds of one ``PartClustering`` pass over the training set, per image, and extrapolated to
   Market-1501's 12,936 training images (one pass per epoch in the paper's recipe).
 

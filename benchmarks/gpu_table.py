@@ -133,6 +133,7 @@ def train(
         accelerator=device.type,
         devices=1,
         precision=sizes.precision,
+        benchmark=True,  # cuDNN picks its fastest kernels for the fixed input size
         max_steps=sizes.warmup + sizes.steps + 1,
         use_distributed_sampler=False,
         logger=False,

@@ -282,6 +282,20 @@ def test_training_batches_are_augmented_on_the_device_and_stay_aligned(synthetic
     assert torch.equal(model.validation_images[0][:3], expected)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_batch_on_the_gpu_is_augmented_there_and_shows_the_cached_pixels(synthetic_root: Path) -> None:
+    datamodule = _synthetic(synthetic_root, num_workers=0, cache="memory")
+    batch = next(iter(datamodule.train_dataloader()))
+    augmented = datamodule.augment_batch({key: value.cuda() for key, value in batch.items()})
+    assert augmented["image"].is_cuda and augmented["source"].is_cuda
+    pixels, cache = denormalize(augmented["image"].cpu()), datamodule.image_cache()
+    for row, index in enumerate(batch["index"].tolist()):
+        source = augmented["source"][row].cpu()
+        valid = source != INVALID_SOURCE
+        assert torch.equal(pixels[row][:, valid], cache[index].reshape(3, -1).float()[:, source[valid]])
+
+
 def test_an_unknown_cache_is_refused(synthetic_root: Path) -> None:
     with pytest.raises(ValueError, match="cache must be None, 'memory' or 'disk', got 'ram'"):
         _synthetic(synthetic_root, cache="ram")
