@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from machine import describe, status_kib  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -204,13 +204,6 @@ def bench_epoch(args: argparse.Namespace) -> None:
         f"    clustering pass {cluster:.1f} s, training epoch {epoch:.1f} s, ratio {cluster / epoch:.2f} "
         f"(per epoch: {', '.join(f'{c / e:.2f}' for c, e in zip(clustering.seconds, timer.seconds))})"
     )
-
-
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_child(num_ids: int, num_parts: int, niter: int) -> None:

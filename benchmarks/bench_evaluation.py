@@ -99,8 +99,8 @@ def synthetic_set(n: int, dim: int, num_ids: int, num_cams: int, parts: int, gen
     )
 
 
-def make_problem(case: str, dim: int, parts: int, seed: int = 0):
-    size = SIZES[case]
+def make_problem(size: dict[str, int], dim: int, parts: int, seed: int = 0):
+    """Query and gallery ``(features, pids, cams)`` of the sizes ``size`` (an entry of :data:`SIZES`)."""
     gen = torch.Generator().manual_seed(seed)
     names = ["global"] + ([] if parts == 0 else ["foreground", "graph", *(f"part{k}" for k in range(parts))])
     protos = {
@@ -134,10 +134,10 @@ def reference_loop(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank
 
 def run_market(args) -> dict:
     out = {}
-    (q1, qp, qc), (g1, gp, gc) = make_problem("market", args.dim, parts=0)
+    (q1, qp, qc), (g1, gp, gc) = make_problem(SIZES["market"], args.dim, parts=0)
     out["distance_single_s"], _ = median_time(partial(icg_distance, q1, g1), args.repeats)
     del q1, g1
-    (q, qp, qc), (g, gp, gc) = make_problem("market", args.dim, parts=6)
+    (q, qp, qc), (g, gp, gc) = make_problem(SIZES["market"], args.dim, parts=6)
     out["distance_icg_s"], distmat = median_time(partial(icg_distance, q, g), args.repeats)
     del q, g
     out["rank_s"], result = median_time(lambda: evaluate_rank(distmat, qp, gp, qc, gc), args.repeats)
@@ -160,7 +160,7 @@ def run_market(args) -> dict:
 
 
 def run_msmt17(args, parts: int) -> dict:
-    (q, qp, qc), (g, gp, gc) = make_problem("msmt17", args.msmt_dim, parts=parts)
+    (q, qp, qc), (g, gp, gc) = make_problem(SIZES["msmt17"], args.msmt_dim, parts=parts)
     base = memory_status()
     reset_peak_memory()
     start = time.perf_counter()

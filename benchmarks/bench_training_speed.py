@@ -4,7 +4,7 @@ Trains ``ICGModule`` (default ResNet-50, 256x128, PK 16 x 4 = 64 images per step
 through ``SyntheticDataModule``, its loaders and ``PartClustering``, and prints:
 
 * train images/s: median over the timed steps (after warm-up) of batch size / step time, where a step is the
-  time between two ``on_train_batch_end`` calls (data wait + forward + loss + backward + Adam);
+  time between two ``on_train_batch_end`` calls of one epoch (data wait + forward + loss + backward + Adam);
 * clustering: seconds of one ``PartClustering`` pass over the training set, per image, and extrapolated to
   Market-1501's 12,936 training images (one pass per epoch in the paper's recipe).
 
@@ -31,10 +31,16 @@ MARKET_TRAIN_IMAGES = 12936
 
 
 class StepTimer(pl.Callback):
+    """Seconds between consecutive ``on_train_batch_end`` calls of one epoch (a step, data wait included); the
+    first step of an epoch is not timed, so the epoch start (part clustering, loader restart) never counts."""
+
     def __init__(self) -> None:
         super().__init__()
         self.times: list[float] = []
         self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if torch.cuda.is_available():

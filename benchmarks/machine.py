@@ -27,3 +27,11 @@ def describe() -> str:
         f"{cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), load average {os.getloadavg()[0]:.1f}"
         f"{gpu}; Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
+
+
+def status_kib(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (Linux), e.g. ``VmRSS`` (resident now) or ``VmHWM`` (peak), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")

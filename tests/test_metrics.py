@@ -157,6 +157,7 @@ def test_bad_inputs_are_named():
         evaluate_rank(lambda s, e: torch.zeros(e - s, 4), **ids)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_reference():
     dist, q_pids, g_pids, q_cams, g_cams = random_problem(9, 60, 500, 10, "ties")

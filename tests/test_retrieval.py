@@ -193,6 +193,7 @@ def test_distance_rejects_mismatched_inputs():
         icg_distance(query, query, chunk_size=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_icg_distance_on_cuda_matches_cpu():
     gen = torch.Generator().manual_seed(5)

@@ -1,5 +1,7 @@
-"""Data layer: dataset readers, synthetic pedestrians, PK sampling, augmentation with source maps, datamodules."""
+"""Data layer: dataset readers, synthetic pedestrians, PK sampling, augmentation with source maps (on the CPU per
+image, or on the device per batch), the decoded-image cache, datamodules."""
 
+from icg.data.cache import CacheFileError, ImageCache
 from icg.data.datamodule import (
     CUHK03NPDataModule,
     DukeMTMCDataModule,
@@ -9,6 +11,7 @@ from icg.data.datamodule import (
     SyntheticDataModule,
 )
 from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
+from icg.data.device_augment import BatchAugmentation
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import (
     PART_LABELS,
@@ -22,6 +25,7 @@ from icg.data.synthetic import (
 from icg.data.transforms import (
     IMAGE_SUFFIXES,
     INVALID_SOURCE,
+    AugmentParams,
     TrainTransform,
     UnreadableImagesError,
     eval_transform,
@@ -32,13 +36,17 @@ from icg.data.transforms import (
 )
 
 __all__ = [
+    "AugmentParams",
+    "BatchAugmentation",
     "CUHK03NP",
     "CUHK03NPDataModule",
+    "CacheFileError",
     "DatasetLayoutError",
     "DukeMTMCDataModule",
     "DukeMTMCreID",
     "IMAGE_SUFFIXES",
     "INVALID_SOURCE",
+    "ImageCache",
     "ImageRecord",
     "MSMT17",
     "MSMT17DataModule",

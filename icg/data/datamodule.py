@@ -4,7 +4,9 @@ Batches are dicts:
 
 * train: ``image`` [B, 3, H, W] float, ``pid`` [B] (relabelled 0..num_classes-1), ``camid`` [B], ``index`` [B]
   (position in :attr:`ReIDDataModule.train_records`, the row of the model's ``part_labels`` buffer) and
-  ``source`` [B, H, W] int64 (see :mod:`icg.data.transforms`);
+  ``source`` [B, H, W] int64 (see :mod:`icg.data.transforms`). With ``augment_on_device`` the loader yields the
+  resized uint8 ``image`` without ``source``, and :meth:`ReIDDataModule.on_after_batch_transfer` augments the batch
+  on the model's device into exactly this form before the training step sees it;
 * validation / test: query images first, then gallery images, with ``image``, ``pid``, ``camid`` and
   ``is_query`` [B] bool; each rank gets a disjoint shard, the metric gathers them;
 * predict: ``image`` and ``index`` (position in :attr:`ReIDDataModule.predict_records`): the images of
@@ -17,13 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from icg.data.cache import ImageCache, default_cache_dir
 from icg.data.datasets import CUHK03NP, MSMT17, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
+from icg.data.device_augment import BatchAugmentation
 from icg.data.sampler import PKSampler, ShardSampler
 from icg.data.synthetic import SyntheticSpec, plan_images, write_synthetic
 from icg.data.transforms import (
@@ -33,37 +39,66 @@ from icg.data.transforms import (
     find_unreadable_images,
     image_files,
     read_image,
+    resize,
 )
 
 
 class TrainImages(Dataset):
-    """Training images with augmentation: items are dicts with image, pid, camid, index and source map."""
+    """Training images: items are dicts with image, pid, camid, index and, when augmented here, the source map.
 
-    def __init__(self, records: Sequence[ImageRecord], transform: TrainTransform) -> None:
-        self.records, self.transform = records, transform
+    Args:
+        records: the training images.
+        transform: the augmentation, and the training size decoded files are resized to.
+        cache: the images decoded and resized already (item ``i`` is record ``i``); None decodes each file.
+        augment: augment here, on the CPU; False yields the resized uint8 image ``[3, H, W]`` and no source map,
+            for :class:`~icg.data.device_augment.BatchAugmentation` on the model's device.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: TrainTransform,
+        *,
+        cache: ImageCache | None = None,
+        augment: bool = True,
+    ) -> None:
+        self.records, self.transform, self.cache, self.augment = records, transform, cache, augment
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image, source = self.transform(read_image(record.path))
-        return {"image": image, "pid": record.pid, "camid": record.camid, "index": index, "source": source}
+        if self.cache is not None:
+            image = self.cache[index]
+        else:
+            image = resize(read_image(record.path), self.transform.image_size)
+        item = {"image": image, "pid": record.pid, "camid": record.camid, "index": index}
+        if self.augment:
+            item["image"], item["source"] = self.transform.augment(image)
+        return item
 
 
 class EvalImages(Dataset):
-    """Images without augmentation: dicts with image, pid, camid, index and ``is_query`` (the first ``num_query``)."""
+    """Images without augmentation: dicts with image, pid, camid, index and ``is_query`` (the first ``num_query``).
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Any, num_query: int = 0) -> None:
-        self.records, self.transform, self.num_query = records, transform, num_query
+    ``cache`` (item ``i`` is record ``i``, resized already) replaces the decoding; ``transform``'s resize then has
+    nothing to do, so the images are the same.
+    """
+
+    def __init__(
+        self, records: Sequence[ImageRecord], transform: Any, num_query: int = 0, *, cache: ImageCache | None = None
+    ) -> None:
+        self.records, self.transform, self.num_query, self.cache = records, transform, num_query, cache
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
+        image = self.cache[index] if self.cache is not None else read_image(record.path)
         return {
-            "image": self.transform(read_image(record.path)),
+            "image": self.transform(image),
             "pid": record.pid,
             "camid": record.camid,
             "index": index,
@@ -84,6 +119,14 @@ class ReIDDataModule(LightningDataModule):
         flip_prob, padding, erasing_prob: augmentation (see :class:`~icg.data.transforms.TrainTransform`).
         seed: seed of the PK sampler (the same on every rank; augmentation randomness follows Lightning's seeding).
         predict_dir: a folder of images to embed with ``icg predict`` (default: the query and gallery images).
+        cache: keep the training images decoded at ``image_size`` (:class:`~icg.data.cache.ImageCache`):
+            ``"memory"`` (each process, each DDP rank too, decodes the whole training split at ``setup``),
+            ``"disk"`` (one memory-mapped file in ``cache_dir``, built once and reused while the files are
+            unchanged; DDP ranks share it), or None (decode every image each time it is read).
+        cache_dir: folder of the disk cache (default ``$XDG_CACHE_HOME/icg`` or ``~/.cache/icg``).
+        augment_on_device: augment training batches on the model's device
+            (:class:`~icg.data.device_augment.BatchAugmentation`, in :meth:`on_after_batch_transfer`) instead of
+            in the loader workers; default: when ``cache`` is set.
     """
 
     def __init__(
@@ -99,8 +142,13 @@ class ReIDDataModule(LightningDataModule):
         erasing_prob: float = 0.5,
         seed: int = 0,
         predict_dir: str | None = None,
+        cache: Literal["memory", "disk"] | None = None,
+        cache_dir: str | None = None,
+        augment_on_device: bool | None = None,
     ) -> None:
         super().__init__()
+        if cache not in (None, "memory", "disk"):
+            raise ValueError(f"{type(self).__name__}: cache must be None, 'memory' or 'disk', got {cache!r}")
         self.save_hyperparameters()
         self.root = root
         self.predict_dir = predict_dir
@@ -109,7 +157,12 @@ class ReIDDataModule(LightningDataModule):
         self.eval_batch_size, self.num_workers, self.seed = eval_batch_size, num_workers, seed
         self.train_transform = TrainTransform(self.image_size, flip_prob, padding, erasing_prob)
         self.eval_transform = eval_transform(self.image_size)
+        self.cache, self.cache_dir = cache, cache_dir
+        self.augment_on_device = cache is not None if augment_on_device is None else augment_on_device
+        self.batch_augmentation = BatchAugmentation(self.train_transform)
         self._dataset: ReIDDataset | None = None
+        self._image_cache: ImageCache | None = None
+        self._generator: tuple[tuple[Any, ...], torch.Generator] | None = None
 
     def read_dataset(self) -> ReIDDataset:
         """Reads the dataset index (file names only); subclasses choose the reader."""
@@ -148,6 +201,8 @@ class ReIDDataModule(LightningDataModule):
         step); evaluation images would otherwise be read first at the end of an epoch, up to
         ``check_val_every_n_epoch`` epochs later. The check decodes at reduced scale in ``num_workers`` threads
         (see :func:`~icg.data.transforms.image_problem`), on global rank 0, whose verdict every rank follows.
+
+        For ``fit`` with a ``cache``, the decoded training images are then built or opened (:meth:`image_cache`).
         """
         records = self.predict_records if stage == "predict" else self.eval_records
         split = "predict" if stage == "predict" else "query and gallery"
@@ -168,6 +223,76 @@ class ReIDDataModule(LightningDataModule):
                 f"{type(self).__name__}: {len(problems)} of the {len(records)} {split} images cannot be read "
                 f"(checked before {stage} ran any step); replace or remove them:\n{listing}"
             )
+        if stage == "fit":
+            self.image_cache()  # now, on every rank, rather than in the first loader
+
+    def image_cache(self) -> ImageCache | None:
+        """The training images decoded at ``image_size`` (``cache``), built or opened on first use; None without
+        a cache. Under DDP every rank must ask for it at the same point (``setup`` does)."""
+        if self.cache is not None and self._image_cache is None:
+            self._image_cache = self._open_image_cache()
+        return self._image_cache
+
+    def _open_image_cache(self) -> ImageCache:
+        paths = [record.path for record in self.train_records]
+        trainer = self.trainer
+        options = {
+            "threads": max(1, self.num_workers),
+            "progress": trainer is not None and trainer.progress_bar_callback is not None,
+        }
+        if self.cache == "memory":
+            # every rank holds the whole split: the PK sampler deals identities to ranks afresh each epoch
+            return ImageCache.in_memory(paths, self.image_size, **options)
+        folder = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
+        if trainer is None or trainer.world_size == 1:
+            return ImageCache.on_disk(paths, self.image_size, folder=folder, **options)
+        # Global rank 0 builds the file, then the local rank 0 of every node checks it (and builds it where the
+        # folder is a node's own disk), then all ranks map it. Each round ends in a collective, so every rank
+        # learns of a failed build instead of waiting for a file that will not come.
+        for builder in (trainer.is_global_zero, trainer.local_rank == 0):
+            error: Exception | None = None
+            if builder:
+                try:
+                    ImageCache.on_disk(paths, self.image_size, folder=folder, **options)
+                except Exception as caught:  # re-raised below, after the other ranks heard of it
+                    error = caught
+            if trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+                raise error or RuntimeError(
+                    f"{type(self).__name__}: the decoded-image cache in {folder} could not be built; see the "
+                    "error of global or local rank 0"
+                )
+        return ImageCache.on_disk(paths, self.image_size, folder=folder, build=False)
+
+    def augment_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """A training batch of resized uint8 images (``augment_on_device``) augmented on its device: ``image``
+        float ``[B, 3, H, W]`` and ``source`` int64 ``[B, H, W]`` added, as the CPU path's batches.
+
+        ``generator`` (on the images' device) draws the parameters; by default one seeded from torch's initial
+        seed (``seed_everything``), the global rank and the current epoch, so a run draws the same augmentations
+        again, also when it is resumed from the end of an epoch, and ranks draw differently.
+        """
+        images = batch["image"]
+        if generator is None:
+            generator = self._augment_generator(images.device)
+        image, source = self.batch_augmentation(images, self.batch_augmentation.draw(len(images), generator))
+        return {**batch, "image": image, "source": source}
+
+    def _augment_generator(self, device: torch.device) -> torch.Generator:
+        rank, _ = self._rank_and_world()
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        key = (str(device), rank, epoch)
+        if self._generator is None or self._generator[0] != key:
+            seed = int(np.random.SeedSequence([torch.initial_seed(), rank, epoch]).generate_state(1)[0])
+            self._generator = (key, torch.Generator(device=device).manual_seed(seed))
+        return self._generator[1]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augments training batches on the model's device when ``augment_on_device`` (Lightning calls this after
+        moving each batch there); validation, test and predict batches pass unchanged."""
+        trainer = self.trainer
+        if self.augment_on_device and trainer is not None and trainer.training:
+            return self.augment_batch(batch)
+        return batch
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -198,7 +323,10 @@ class ReIDDataModule(LightningDataModule):
             world_size=world_size,
         )
         batch_sampler = BatchSampler(sampler, self.num_identities * self.num_instances, drop_last=True)
-        return self._loader(TrainImages(self.train_records, self.train_transform), batch_sampler=batch_sampler)
+        dataset = TrainImages(
+            self.train_records, self.train_transform, cache=self.image_cache(), augment=not self.augment_on_device
+        )
+        return self._loader(dataset, batch_sampler=batch_sampler)
 
     def _eval_loader(self, records: Sequence[ImageRecord], num_query: int) -> DataLoader:
         rank, world_size = self._rank_and_world()
@@ -226,7 +354,7 @@ class ReIDDataModule(LightningDataModule):
 
     def cluster_dataset(self) -> EvalImages:
         """Training images without augmentation (for the part-clustering pass), items indexed like training."""
-        return EvalImages(self.train_records, self.eval_transform)
+        return EvalImages(self.train_records, self.eval_transform, cache=self.image_cache())
 
 
 class Market1501DataModule(ReIDDataModule):

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 
+from icg.cli import main
 from icg.data import Market1501DataModule, PKSampler, SyntheticDataModule, UnreadableImagesError
-from icg.data.transforms import INVALID_SOURCE
+from icg.data.cache import ImageCache
+from icg.data.transforms import INVALID_SOURCE, read_image
 from icg.module import ICGModule
 from tests.conftest import write_images
+from tests.data.helpers import denormalize
 
 SIZE = (32, 16)
 
@@ -90,19 +97,23 @@ class _RecordBatches(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_path: Path) -> None:
-    datamodule = _datamodule(bigger_market, seed=3)
-    model = _RecordBatches()
-    trainer = pl.Trainer(
-        max_epochs=3,
+def _quiet_trainer(root: Path, **kwargs) -> pl.Trainer:
+    """A CPU trainer that writes and prints nothing."""
+    return pl.Trainer(
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        default_root_dir=tmp_path,
+        default_root_dir=root,
+        **kwargs,
     )
-    trainer.fit(model, datamodule=datamodule)
+
+
+def test_lightning_reshuffles_pk_batches_every_epoch(bigger_market: Path, tmp_path: Path) -> None:
+    datamodule = _datamodule(bigger_market, seed=3)
+    model = _RecordBatches()
+    _quiet_trainer(tmp_path, max_epochs=3).fit(model, datamodule=datamodule)
     expected = {}
     for epoch in range(3):
         sampler = PKSampler([r.pid for r in datamodule.train_records], 2, 2, seed=3)
@@ -170,3 +181,161 @@ def test_every_unreadable_evaluation_image_is_listed_before_the_first_step(tmp_p
     listed = [line.split(": ")[0].strip() for line in str(error.value).splitlines()[1:]]
     assert sorted(listed) == sorted(broken)  # every bad file, nothing else
     assert "3 of the" in str(error.value) and "truncated" in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache") / "synthetic"
+    _synthetic(root).prepare_data()
+    return root
+
+
+def _synthetic(root: Path, **kwargs) -> SyntheticDataModule:
+    return SyntheticDataModule(
+        str(root), num_train_ids=6, num_test_ids=3, image_size=SIZE, num_identities=2, num_instances=2, **kwargs
+    )
+
+
+def _epoch(datamodule: SyntheticDataModule, seed: int = 0) -> list[dict]:
+    torch.manual_seed(seed)  # the CPU augmentation draws from the global generator (no workers)
+    return list(datamodule.train_dataloader())
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_loader_gives_the_batches_of_the_decoding_loader(synthetic_root: Path, tmp_path: Path, cache) -> None:
+    decoding = _epoch(_synthetic(synthetic_root, num_workers=0))
+    cached = _synthetic(synthetic_root, num_workers=0, cache=cache, cache_dir=str(tmp_path), augment_on_device=False)
+    assert len(decoding) > 1
+    for expected, batch in zip(decoding, _epoch(cached), strict=True):
+        assert torch.equal(batch["index"], expected["index"]) and torch.equal(batch["pid"], expected["pid"])
+        assert torch.equal(batch["image"], expected["image"]) and torch.equal(batch["source"], expected["source"])
+
+
+def test_cluster_dataset_reads_the_cache(synthetic_root: Path) -> None:
+    decoding = _synthetic(synthetic_root, num_workers=0).cluster_dataset()
+    cached = _synthetic(synthetic_root, num_workers=0, cache="memory").cluster_dataset()
+    assert len(cached) == len(decoding)
+    for index in (0, len(decoding) // 2, len(decoding) - 1):
+        assert torch.equal(cached[index]["image"], decoding[index]["image"])
+
+
+def test_with_device_augmentation_the_loader_yields_resized_uint8_images(synthetic_root: Path) -> None:
+    datamodule = _synthetic(synthetic_root, num_workers=0, augment_on_device=True)  # no cache: workers decode
+    assert datamodule.augment_on_device and _synthetic(synthetic_root, cache="memory").augment_on_device
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, *SIZE) and "source" not in batch
+    augmented = datamodule.augment_batch(batch)
+    assert augmented["image"].dtype == torch.float32 and augmented["source"].shape == (4, *SIZE)
+    assert torch.equal(augmented["index"], batch["index"])
+
+
+def test_device_augmentation_draws_depend_on_the_seed_the_rank_and_the_epoch(synthetic_root: Path) -> None:
+    batch = next(iter(_synthetic(synthetic_root, num_workers=0, augment_on_device=True).train_dataloader()))
+
+    def sources(seed: int, rank: int = 0, epoch: int = 0) -> torch.Tensor:
+        datamodule = _synthetic(synthetic_root, num_workers=0, augment_on_device=True)
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=2, current_epoch=epoch)
+        torch.manual_seed(seed)  # what seed_everything sets
+        return torch.cat([datamodule.augment_batch(batch)["source"] for _ in range(3)])
+
+    assert torch.equal(sources(1), sources(1))
+    assert not torch.equal(sources(1), sources(2))
+    assert not torch.equal(sources(1), sources(1, rank=1))
+    assert not torch.equal(sources(1), sources(1, epoch=1))
+
+
+class _RecordAugmented(_RecordBatches):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[dict] = []
+        self.validation_images: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        self.batches.append(batch)
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self.validation_images.append(batch["image"])
+
+
+def test_training_batches_are_augmented_on_the_device_and_stay_aligned(synthetic_root: Path, tmp_path: Path) -> None:
+    datamodule = _synthetic(synthetic_root, num_workers=0, cache="memory")
+    model = _RecordAugmented()
+    _quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1, num_sanity_val_steps=0).fit(
+        model, datamodule=datamodule
+    )
+    cache = datamodule.image_cache()
+    assert len(model.batches) == 3
+    for batch in model.batches:
+        assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 3, *SIZE)
+        assert batch["source"].dtype == torch.int64 and batch["source"].shape == (4, *SIZE)
+        pixels = denormalize(batch["image"])
+        for row, index in enumerate(batch["index"].tolist()):
+            source = batch["source"][row]
+            valid = source != INVALID_SOURCE
+            assert 0 < int(valid.sum()) < SIZE[0] * SIZE[1]  # crop and erasing at these draws
+            original = cache[index].reshape(3, -1).float()
+            # every valid pixel shows the cached pixel its source names
+            assert torch.equal(pixels[row][:, valid], original[:, source[valid]])
+    # validation batches pass unchanged: the evaluation transform of the query images
+    expected = torch.stack([datamodule.eval_transform(read_image(r.path)) for r in datamodule.eval_records[:3]])
+    assert torch.equal(model.validation_images[0][:3], expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_batch_on_the_gpu_is_augmented_there_and_shows_the_cached_pixels(synthetic_root: Path) -> None:
+    datamodule = _synthetic(synthetic_root, num_workers=0, cache="memory")
+    batch = next(iter(datamodule.train_dataloader()))
+    augmented = datamodule.augment_batch({key: value.cuda() for key, value in batch.items()})
+    assert augmented["image"].is_cuda and augmented["source"].is_cuda
+    pixels, cache = denormalize(augmented["image"].cpu()), datamodule.image_cache()
+    for row, index in enumerate(batch["index"].tolist()):
+        source = augmented["source"][row].cpu()
+        valid = source != INVALID_SOURCE
+        assert torch.equal(pixels[row][:, valid], cache[index].reshape(3, -1).float()[:, source[valid]])
+
+
+def test_an_unknown_cache_is_refused(synthetic_root: Path) -> None:
+    with pytest.raises(ValueError, match="cache must be None, 'memory' or 'disk', got 'ram'"):
+        _synthetic(synthetic_root, cache="ram")
+
+
+def test_the_cli_takes_the_cache_options(capsys) -> None:
+    args = ["fit", "--config", "synthetic", "--data.init_args.cache", "disk", "--data.init_args.cache_dir", "/c"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    assert (data["cache"], data["cache_dir"], data["augment_on_device"]) == ("disk", "/c", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "synthetic", "--data.init_args.cache", "ram", "--print_config"])
+    assert exit_info.value.code != 0
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ddp_ranks_share_one_disk_cache_built_once(synthetic_root: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    cache_dir, out = tmp_path / "cache", tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, str(repo / "tests/scripts/ddp_cache.py"), str(synthetic_root), str(cache_dir), str(out)]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    assert len(ranks[0]["builds"]) == 1 and ranks[1]["builds"] == []  # rank 0 built, rank 1 waited
+    assert ranks[0]["path"] == ranks[1]["path"] == ranks[0]["builds"][0]
+    cache = ImageCache.on_disk(
+        [r.path for r in _synthetic(synthetic_root).train_records], SIZE, folder=cache_dir, build=False
+    )
+    pids = [{int(p) for batch in rank["batches"] for p in batch["pid"]} for rank in ranks]
+    assert pids[0] and pids[1] and not pids[0] & pids[1]  # the PK sampler's disjoint identities
+    for rank in ranks:
+        assert len(rank["batches"]) == 2
+        for batch in rank["batches"]:
+            for row, index in enumerate(batch["index"].tolist()):
+                source = batch["source"][row]
+                valid = source != INVALID_SOURCE
+                pixels = denormalize(batch["image"][row])
+                assert torch.equal(pixels[:, valid], cache[index].reshape(3, -1).float()[:, source[valid]])
