@@ -1,0 +1,234 @@
+"""The gallery index against the exact ICG ranking: recall of the exact top-10, query time and memory.
+
+Usage: ``python benchmarks/bench_index.py [--gallery 100000 --queries 500 --dim 512 --parts 6 --noise 2.5]``
+
+A synthetic gallery of feature vectors with ICG's structure: identities of 10 images each, every identity a
+random centre per part (``[K, C]``); an image's parts are its identity's centres plus Gaussian noise of a strength
+drawn per part and image (``noise`` x U(0.5, 1.5)), some parts invisible (each with probability 0.15, and in
+30% of the images a bottom occlusion from a random part down); its global, foreground and graph features are
+means of its *visible* parts plus noise of their own, so that an occluded image's global feature drifts from its
+identity's, as a real one does. The queries are other images of gallery identities.
+
+Exact: the dense ICG distance (eq. 15, :func:`icg.retrieval.icg_distance_rows`, in chunks of query rows) to every
+gallery image, and its top 10. Approximate: :class:`icg.retrieval.GalleryIndex`, FAISS top-N on the searched
+vector, re-ranked by the exact ICG distance. Reported per setting: recall@10 (the share of the exact top 10 that
+the index returns), milliseconds per query (queries searched together, as a service would batch them), the
+speed-up over the dense ranking, and memory: the sizes of what each holds, and the peak resident memory above
+the start of its measurement (sampled every 5 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+
+from icg.features import ReIDFeatures
+from icg.retrieval import GalleryIndex, NormalizedFeatures, icg_distance_rows
+from icg.retrieval.index import DEFAULT_CANDIDATES
+
+GiB = 2**30
+PER_IDENTITY = 10
+ATTRIBUTES = 16  # per part: identities that share one (a shirt colour) look alike there
+
+
+def synthetic_features(
+    identities: torch.Tensor, centres: torch.Tensor, noise: float, generator: torch.Generator
+) -> ReIDFeatures:
+    """Features of one image per entry of ``identities`` (see the module docstring); ``centres`` ``[I, K, C]``."""
+    count, (_, parts, dim) = len(identities), centres.shape
+    strength = noise * torch.empty(count, parts, 1).uniform_(0.5, 1.5, generator=generator)
+    part_features = centres[identities] + strength * torch.randn(count, parts, dim, generator=generator)
+    visible = torch.rand(count, parts, generator=generator) > 0.15
+    occluded = torch.rand(count, generator=generator) < 0.3
+    first_hidden = torch.randint(1, parts, (count,), generator=generator)
+    visible &= ~(occluded[:, None] & (torch.arange(parts)[None] >= first_hidden[:, None]))
+    weights = visible.float()
+    mean_visible = torch.einsum("nk,nkc->nc", weights, part_features) / weights.sum(1, keepdim=True).clamp_min(1)
+
+    def branch(scale: float) -> torch.Tensor:
+        return mean_visible + scale * noise * torch.randn(count, dim, generator=generator)
+
+    return ReIDFeatures(
+        global_feat=branch(0.3), foreground=branch(0.4), parts=part_features, graph=branch(0.5), visibility=visible
+    )
+
+
+def make_data(args: argparse.Namespace) -> tuple[ReIDFeatures, ReIDFeatures, torch.Tensor, torch.Tensor]:
+    """Gallery and query features and their identities (module docstring)."""
+    generator = torch.Generator().manual_seed(0)
+    num_ids, parts, dim = args.gallery // PER_IDENTITY, args.parts, args.dim
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator)
+
+    prototypes = normal(parts, ATTRIBUTES, dim)
+    attributes = torch.randint(0, ATTRIBUTES, (num_ids, parts), generator=generator)
+    centres = (
+        0.5 * normal(1, parts, dim)
+        + 0.8 * prototypes[torch.arange(parts), attributes]
+        + 0.6 * normal(num_ids, parts, dim)
+    )
+    gallery_ids = torch.arange(args.gallery) % num_ids
+    chunks = [
+        synthetic_features(gallery_ids[start : start + 10_000], centres, args.noise, generator)
+        for start in range(0, args.gallery, 10_000)
+    ]
+    query_ids = torch.randint(0, num_ids, (args.queries,), generator=generator)
+    return (
+        ReIDFeatures.cat(chunks),
+        synthetic_features(query_ids, centres, args.noise, generator),
+        gallery_ids,
+        query_ids,
+    )
+
+
+class PeakMemory:
+    """Peak resident memory of this process above its value at the start, sampled every 5 ms in a thread."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = _resident()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, _resident())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self._thread.join()
+        self.peak = max(self.peak, _resident())
+
+    @property
+    def extra(self) -> float:
+        return (self.peak - self.start) / GiB
+
+
+def _resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def nbytes(features: ReIDFeatures) -> int:
+    return sum(value.numel() * value.element_size() for _, value in features.items())
+
+
+def exact_top_k(query: ReIDFeatures, gallery: NormalizedFeatures, k: int, chunk: int = 64) -> torch.Tensor:
+    rows = icg_distance_rows(query, gallery)
+    return torch.cat(
+        [rows(s, min(s + chunk, len(query))).topk(k, dim=1, largest=False).indices for s in range(0, len(query), chunk)]
+    )
+
+
+def recall(found: torch.Tensor, exact: torch.Tensor) -> float:
+    hits = (found[:, :, None] == exact[:, None, :]).any(dim=1).float()
+    return hits.mean().item()
+
+
+@dataclass
+class Timed:
+    seconds: float
+    memory: PeakMemory
+    value: object
+
+
+def timed(fn: Callable[[], object]) -> Timed:
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - start
+    return Timed(seconds, memory, value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--gallery", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--dim", type=int, default=512, help="C, the width of every feature (ResNet-18: 512)")
+    parser.add_argument("--parts", type=int, default=6)
+    parser.add_argument("--noise", type=float, default=0.8)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 500, 1000, 2000])
+    parser.add_argument("--keys", nargs="+", default=["global", "concat"], choices=["global", "concat"])
+    parser.add_argument("--nlist", type=int, default=1024, help="IVF cells of the IVF settings (0: flat only)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--scratch", default=None, help="folder for the saved index (default: the system's temp)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads (1: steadiest on a shared CPU)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    __import__("faiss").omp_set_num_threads(args.threads)
+    print(describe())
+    print(f"faiss threads {__import__('faiss').omp_get_max_threads()}")
+
+    data = timed(lambda: make_data(args))
+    gallery, query, gallery_ids, query_ids = data.value
+    raw = nbytes(gallery)
+    gallery = NormalizedFeatures.of(gallery)  # what both hold: the gallery normalised once, as an index stores it
+    print(
+        f"gallery {len(gallery):,} images ({len(gallery) // PER_IDENTITY:,} identities), {len(query)} queries, "
+        f"C = {args.dim}, K = {args.parts}: features {raw / GiB:.2f} GiB, normalised "
+        f"{gallery.vectors.numel() * 4 / GiB:.2f} GiB (generated in {data.seconds:.0f} s)"
+    )
+
+    exact = timed(lambda: exact_top_k(query, gallery, args.top_k))
+    exact_ms = 1000 * exact.seconds / len(query)
+    same_id = (gallery_ids[exact.value] == query_ids[:, None]).float().mean().item()
+    print(
+        f"\nexact (dense eq. 15 on the normalised gallery, chunks of 64 queries): {exact_ms:.1f} ms / query, "
+        f"peak +{exact.memory.extra:.2f} GiB; {same_id:.2f} of its top {args.top_k} are the query's identity"
+    )
+
+    print(
+        "\n| searched vector | FAISS index | candidates N | recall@10 | ms / query | speed-up | FAISS index size | "
+        "build | peak memory of the search |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    settings = [(key, 0, 1) for key in args.keys]
+    settings += [(key, args.nlist, nprobe) for key in args.keys for nprobe in args.nprobe if args.nlist]
+    for key, nlist, nprobe in settings:
+        built = timed(
+            lambda key=key, nlist=nlist, nprobe=nprobe: GalleryIndex.build(gallery, key=key, nlist=nlist, nprobe=nprobe)
+        )
+        index = built.value
+        size = index.index.ntotal * index.index.d * 4 / GiB
+        name = f"IVF{nlist}, nprobe {nprobe}" if nlist else "flat"
+        for candidates in args.candidates:
+            result = timed(
+                lambda index=index, candidates=candidates: index.search(query, top_k=args.top_k, candidates=candidates)
+            )
+            ms = 1000 * result.seconds / len(query)
+            print(
+                f"| {key} | {name} | {candidates} | {recall(result.value.indices, exact.value):.4f} | {ms:.2f} | "
+                f"{exact_ms / ms:.1f}x | {size:.2f} GiB | {built.seconds:.0f} s | +{result.memory.extra:.2f} GiB |"
+            )
+        del index, built
+
+    # the default setting through its files, the features memory-mapped: what `icg search` does
+    with tempfile.TemporaryDirectory(dir=args.scratch) as folder:
+        saved = timed(lambda: GalleryIndex.build(gallery, key="global").save(Path(folder) / "gallery.faiss"))
+        loaded = timed(lambda: GalleryIndex.load(saved.value))
+        result = timed(lambda: loaded.value.search(query, top_k=args.top_k))
+        ms = 1000 * result.seconds / len(query)
+        print(
+            f"\nsaved ({saved.seconds:.0f} s) and loaded ({loaded.seconds:.1f} s, +{loaded.memory.extra:.2f} GiB "
+            f"resident: the FAISS index; the features are memory-mapped), default search (global, flat, "
+            f"{DEFAULT_CANDIDATES} candidates): recall@10 {recall(result.value.indices, exact.value):.4f}, "
+            f"{ms:.2f} ms / query ({exact_ms / ms:.1f}x), +{result.memory.extra:.2f} GiB resident after "
+            f"{len(query)} queries (the gallery rows they read)"
+        )
+
+
+if __name__ == "__main__":
+    main()
