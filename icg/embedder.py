@@ -99,7 +99,8 @@ class Embedder:
             raise ValueError(f"crop {index} is empty ({crop.shape[0]} x {crop.shape[1]})")
         if self.channels == "bgr":
             crop = crop[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+        # a copy: a crop is often a view of a frame, or read-only (np.asarray of a PIL image), which torch cannot share
+        return torch.from_numpy(np.array(crop)).permute(2, 0, 1)
 
     def _embed(
         self, images: Iterable[Tensor], count: int, names: Sequence[str], progress: bool = False

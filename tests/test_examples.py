@@ -40,3 +40,19 @@ def test_custom_dataset_example_trains_and_validates(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "PersonFolders(" in result.stdout and "val/mAP" in result.stdout
+
+
+@pytest.mark.slow
+def test_embed_crops_example_trains_exports_and_ranks(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "embed_crops.py"), "--root", str(tmp_path / "crops"), "--epochs", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "query crops" in result.stdout and "rank-1 by ICG distance" in result.stdout
+    assert (tmp_path / "crops" / "model.onnx").is_file() or (tmp_path / "crops" / "model.pt").is_file()
