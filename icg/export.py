@@ -263,6 +263,8 @@ class ExportedModel:
     Args:
         path: an ``.onnx`` file or a TorchScript archive written by ``icg export``.
         device: ``cpu`` or ``cuda``; ONNX Runtime uses its CUDA provider when asked for ``cuda`` and it has one.
+        threads: ONNX Runtime's threads per run (default: its own choice, one per core); TorchScript runs with
+            torch's (``torch.set_num_threads``).
 
     Attributes:
         format: ``"onnx"`` or ``"torchscript"``.
@@ -273,7 +275,7 @@ class ExportedModel:
         (``cuda`` TorchScript: on the GPU).
     """
 
-    def __init__(self, path: str | Path, *, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, *, device: str = "cpu", threads: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"exported model {self.path} does not exist")
@@ -293,8 +295,11 @@ class ExportedModel:
             available = ort.get_available_providers()
             wanted = ["CUDAExecutionProvider"] if self.device.type == "cuda" else []
             providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+            options = ort.SessionOptions()
+            if threads is not None:
+                options.intra_op_num_threads = threads
             try:
-                self._session = ort.InferenceSession(str(self.path), providers=providers)
+                self._session = ort.InferenceSession(str(self.path), options, providers=providers)
             except Exception as error:  # onnxruntime raises its own exception types for a file it cannot read
                 raise ValueError(f"{self.path} is neither a TorchScript archive nor an ONNX model: {error}") from None
             strings = self._session.get_modelmeta().custom_metadata_map
