@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, nargs="+", default=[100, 200, 500, 1000, 2000])
     parser.add_argument("--keys", nargs="+", default=["global", "concat"], choices=["global", "concat"])
     parser.add_argument("--nlist", type=int, default=1024, help="IVF cells of the IVF settings (0: flat only)")
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--scratch", default=None, help="folder for the saved index (default: the system's temp)")
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads (1: steadiest on a shared CPU)")
     args = parser.parse_args()
@@ -195,25 +195,26 @@ def main() -> None:
         "build | peak memory of the search |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    settings = [(key, 0, 1) for key in args.keys]
-    settings += [(key, args.nlist, nprobe) for key in args.keys for nprobe in args.nprobe if args.nlist]
-    for key, nlist, nprobe in settings:
-        built = timed(
-            lambda key=key, nlist=nlist, nprobe=nprobe: GalleryIndex.build(gallery, key=key, nlist=nlist, nprobe=nprobe)
-        )
-        index = built.value
-        size = index.index.ntotal * index.index.d * 4 / GiB
-        name = f"IVF{nlist}, nprobe {nprobe}" if nlist else "flat"
-        for candidates in args.candidates:
-            result = timed(
-                lambda index=index, candidates=candidates: index.search(query, top_k=args.top_k, candidates=candidates)
-            )
-            ms = 1000 * result.seconds / len(query)
-            print(
-                f"| {key} | {name} | {candidates} | {recall(result.value.indices, exact.value):.4f} | {ms:.2f} | "
-                f"{exact_ms / ms:.1f}x | {size:.2f} GiB | {built.seconds:.0f} s | +{result.memory.extra:.2f} GiB |"
-            )
-        del index, built
+    for key in args.keys:
+        for nlist in [0] + ([args.nlist] if args.nlist else []):
+            built = timed(lambda key=key, nlist=nlist: GalleryIndex.build(gallery, key=key, nlist=nlist))
+            index = built.value
+            size = index.index.ntotal * index.index.d * 4 / GiB
+            for nprobe in args.nprobe if nlist else [1]:
+                index.nprobe = nprobe
+                name = f"IVF{nlist}, nprobe {nprobe}" if nlist else "flat"
+                for candidates in args.candidates:
+                    result = timed(
+                        lambda index=index, n=candidates: index.search(query, top_k=args.top_k, candidates=n)
+                    )
+                    ms = 1000 * result.seconds / len(query)
+                    print(
+                        f"| {key} | {name} | {candidates} | {recall(result.value.indices, exact.value):.4f} | "
+                        f"{ms:.2f} | {exact_ms / ms:.1f}x | {size:.2f} GiB | {built.seconds:.0f} s | "
+                        f"+{result.memory.extra:.2f} GiB |",
+                        flush=True,
+                    )
+            del index, built
 
     # the default setting through its files, the features memory-mapped: what `icg search` does
     with tempfile.TemporaryDirectory(dir=args.scratch) as folder:
