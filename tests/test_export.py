@@ -173,3 +173,19 @@ def test_exported_model_errors_name_the_file(modules: dict[str, ICGModule], tmp_
     checkpoint = save_checkpoint(modules["bot"], tmp_path / "bot.ckpt")
     with pytest.raises(ValueError, match="bot.ckpt is neither a TorchScript archive nor an ONNX model"):
         ExportedModel(checkpoint)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+def test_a_file_without_the_metadata_is_refused(exported: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.trace(nn.Linear(2, 2), torch.zeros(1, 2)), str(plain))
+    with pytest.raises(ValueError, match=r"plain\.pt is a TorchScript archive without icg\.json"):
+        ExportedModel(plain)
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    stripped = onnx.load(str(exported["bot", "onnx"]))
+    del stripped.metadata_props[:]
+    onnx.save(stripped, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(ValueError, match=r"stripped\.onnx has no icg\.image_size in its metadata"):
+        ExportedModel(tmp_path / "stripped.onnx")
