@@ -64,7 +64,7 @@ class Embedder:
                 else ExportedModel(path, device=device)
             )
         if isinstance(model, ICGModule):
-            module = model.eval()
+            module = model  # extract runs in eval mode and restores the module's mode
             self.image_size = tuple(int(x) for x in module.hparams.image_size)
             mean, std = IMAGENET_MEAN, IMAGENET_STD  # what evaluation uses (icg.data.eval_transform)
             self._model = lambda images: module.extract(images.to(module.device))
