@@ -6,7 +6,7 @@ VENV ?= .venv
 # e.g. `make test TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 # faiss comes as alternatives: `cpu` (faiss-cpu) or `gpu` (faiss-gpu >= 1.15), never both.
-EXTRAS ?= cpu,dev,wandb
+EXTRAS ?= cpu,dev,wandb,onnx
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin

@@ -13,6 +13,9 @@ Public API (everything the README and the examples use comes from here)::
     # images in and pictures out
     from icg import load_images, eval_transform, FeatureWriter, rank_folders
     from icg import part_maps, ranked_lists, top_k_matches, adjacency_heatmap, VisualizationCallback
+    # deploy: exported models, an embedder for trackers, a gallery index re-ranked by eq. 15
+    from icg import export_onnx, export_torchscript, ExportedModel, Embedder
+    from icg import GalleryIndex, NormalizedFeatures, icg_distance_candidates
 """
 
 from importlib.metadata import version
@@ -35,6 +38,8 @@ from icg.data import (
     generate_synthetic,
     load_images,
 )
+from icg.embedder import Embedder
+from icg.export import ExportedModel, export_onnx, export_torchscript
 from icg.features import ReIDFeatures
 from icg.losses import CenterLoss, ICGLoss, TripletLoss
 from icg.metrics import RankResult, ReIDMetric, evaluate_rank
@@ -42,7 +47,7 @@ from icg.model import ICGNet
 from icg.module import ICGModule
 from icg.part_labels import PartLabels
 from icg.predict import FeatureWriter, rank_folders
-from icg.retrieval import icg_distance, k_reciprocal_rerank
+from icg.retrieval import GalleryIndex, NormalizedFeatures, icg_distance, icg_distance_candidates, k_reciprocal_rerank
 from icg.viz import VisualizationCallback, adjacency_heatmap, part_maps, ranked_lists, top_k_matches
 
 __version__ = version("icg")  # the one version source is pyproject.toml
@@ -53,13 +58,17 @@ __all__ = [
     "CenterLoss",
     "DatasetLayoutError",
     "DukeMTMCDataModule",
+    "Embedder",
+    "ExportedModel",
     "FeatureWriter",
+    "GalleryIndex",
     "ICGLoss",
     "ICGModule",
     "ICGNet",
     "ImageRecord",
     "MSMT17DataModule",
     "Market1501DataModule",
+    "NormalizedFeatures",
     "PartClustering",
     "PartLabels",
     "RankResult",
@@ -74,8 +83,11 @@ __all__ = [
     "build_module",
     "eval_transform",
     "evaluate_rank",
+    "export_onnx",
+    "export_torchscript",
     "generate_synthetic",
     "icg_distance",
+    "icg_distance_candidates",
     "k_reciprocal_rerank",
     "load_images",
     "part_maps",

@@ -1,5 +1,7 @@
 """The ``icg`` command (and ``python -m icg``): a LightningCLI for ``fit``, ``validate``, ``test``, ``predict``,
-plus ``icg rank`` to rank a query folder against a gallery folder with a checkpoint.
+plus ``icg rank`` to rank a query folder against a gallery folder with a checkpoint, and the deployment commands:
+``icg export`` (a checkpoint as an ONNX or TorchScript file), ``icg index`` (a folder of images as a FAISS gallery
+index) and ``icg search`` (query images against an index).
 
 Examples::
 
@@ -9,6 +11,9 @@ Examples::
     icg test --config market1501 --ckpt_path runs/market1501/.../best.ckpt
     icg predict --config market1501 --ckpt_path best.ckpt --data.init_args.predict_dir my_images/
     icg rank --ckpt_path best.ckpt --query q/ --gallery g/ --output ranking.png
+    icg export --ckpt_path best.ckpt --format onnx --output model.onnx   # or --format torchscript
+    icg index --model model.onnx --folder gallery/ --output gallery.faiss
+    icg search --index gallery.faiss --query q/ --top_k 10
 
 ``--config NAME`` resolves to ``icg/configs/NAME.yaml`` when ``NAME`` is not a file (an unknown name lists the
 recipes). A shipped recipe builds on ``icg/configs/base.yaml`` (the paper's recipe without a dataset), which is read
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +48,20 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from icg.checkpoints import find_last_checkpoint, run_version
 from icg.data.datamodule import ReIDDataModule
+from icg.export import export_checkpoint
 from icg.files import atomic_write
+from icg.gallery import index_folder, search_index
 from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.module import ICGModule
 from icg.predict import FeatureWriter, rank_folders
+
+FUNCTION_COMMANDS: dict[str, Callable[..., Any]] = {
+    "rank": rank_folders,
+    "export": export_checkpoint,
+    "index": index_folder,
+    "search": search_index,
+}
+"""The subcommands that run one function (their options are its keyword arguments), beside LightningCLI's."""
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BASE_RECIPE = CONFIG_DIR / "base.yaml"
@@ -274,8 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
     except FileNotFoundError as error:
         raise SystemExit(f"icg: error: {error}") from None
-    if argv[:1] == ["rank"]:
-        CLI(rank_folders, args=argv[1:])
+    if argv[:1] and argv[0] in FUNCTION_COMMANDS:
+        CLI(FUNCTION_COMMANDS[argv[0]], args=argv[1:])
         return
     if from_command_line:  # LightningCLI warns when given args while sys.argv has some too
         sys.argv[1:] = argv

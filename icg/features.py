@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["ReIDFeatures"]
@@ -95,6 +96,11 @@ class ReIDFeatures:
 
         return self._map(move)
 
+    def normalized(self) -> ReIDFeatures:
+        """Every feature L2-normalised in float32 along its last dimension (each part on its own); visibility
+        unchanged. A zero vector stays zero."""
+        return self._map(lambda name, t: t if name == "visibility" else F.normalize(t.float(), dim=-1))
+
     def detach(self) -> ReIDFeatures:
         return self._map(lambda _, t: t.detach())
 
@@ -104,6 +110,11 @@ class ReIDFeatures:
         if isinstance(index, Tensor) and index.dim() == 0:
             index = index.reshape(1)
         return self._map(lambda _, t: t[index])
+
+    def take(self, rows: Tensor) -> ReIDFeatures:
+        """The records of ``rows``, a 1-d int64 tensor of non-negative row numbers: ``self[rows]`` through
+        ``index_select``, which gathers rows several times faster than indexing on the CPU."""
+        return self._map(lambda _, t: t.index_select(0, rows))
 
     @classmethod
     def cat(cls, items: Sequence[ReIDFeatures]) -> ReIDFeatures:

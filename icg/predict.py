@@ -83,6 +83,21 @@ def _ids_from_names(paths: Sequence[Path]) -> tuple[torch.Tensor, torch.Tensor] 
     return torch.tensor([int(m.group(1)) for m in matches]), torch.tensor([int(m.group(2)) for m in matches])
 
 
+def load_for_inference(ckpt_path: str | Path, *, device: str | torch.device = "cpu") -> ICGModule:
+    """The module of a checkpoint written by ``icg fit``, in eval mode on ``device``, for inference.
+
+    Read with ``weights_only=True`` (a checkpoint from elsewhere must not be able to run code when it is read) and
+    ``weights=None`` (the checkpoint holds every weight: no ImageNet download). A checkpoint of other training
+    identities is accepted (its classifiers are not needed).
+    """
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    module = ICGModule.load_from_checkpoint(
+        ckpt_path, map_location=device, weights_only=True, weights=None, pretrained=None
+    )
+    return module.eval()
+
+
 @torch.no_grad()
 def embed_folder(module: ICGModule, folder: str | Path, *, batch_size: int = 64) -> tuple[list[Path], ReIDFeatures]:
     """The image files of ``folder`` (recursive, sorted) and their features under ``module``."""
@@ -126,11 +141,7 @@ def rank_folders(
         batch_size: images per forward pass.
         device: ``cpu`` or ``cuda``.
     """
-    # weights_only: a checkpoint from elsewhere must not be able to run code when it is read
-    module = ICGModule.load_from_checkpoint(
-        ckpt_path, map_location=device, weights_only=True, weights=None, pretrained=None
-    )
-    module.eval()
+    module = load_for_inference(ckpt_path, device=device)
     q_files, q_features = embed_folder(module, query, batch_size=batch_size)
     g_files, g_features = embed_folder(module, gallery, batch_size=batch_size)
     distances = icg_distance(q_features, g_features).cpu()

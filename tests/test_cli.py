@@ -4,6 +4,8 @@ never lose work: the last state saved, resumed, explicit values kept, safe and c
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import json
 import logging
 import os
 import pickle
@@ -23,6 +25,8 @@ from icg.data import generate_synthetic, load_images
 from icg.data.datamodule import ReIDDataModule
 from icg.divergence import NonFiniteFeaturesError
 from icg.module import ICGModule
+from icg.predict import embed_folder
+from icg.retrieval import icg_distance
 from tests.conftest import make_cuhk03np_tree, make_duke_tree, make_market_tree, make_msmt17_tree
 from tests.test_recipes import resolved_config
 
@@ -216,6 +220,48 @@ def test_predict_writes_features_and_rank_writes_a_picture(fitted: Path, tmp_pat
         ]
     )
     assert Image.open(picture).size[1] == 3 * (SIZE[0] + 4)
+
+
+@pytest.mark.slow
+def test_export_index_and_search_rank_as_the_checkpoint_does(fitted: Path, tmp_path: Path, capsys) -> None:
+    ckpt = next((fitted / "runs" / "lightning_logs").iterdir()) / "checkpoints" / "last.ckpt"
+    query, gallery = fitted / "data" / "query", fitted / "data" / "bounding_box_test"
+    formats = ["torchscript"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    for fmt in formats:
+        main(["export", "--ckpt_path", str(ckpt), "--format", fmt, "--output", str(tmp_path / f"model.{fmt}")])
+        assert f"{fmt} model written to" in capsys.readouterr().out
+    model = tmp_path / f"model.{formats[-1]}"
+    main(["index", "--model", str(model), "--folder", str(gallery), "--output", str(tmp_path / "gallery.faiss")])
+    assert "indexed" in capsys.readouterr().out
+    rankings = tmp_path / "rankings.json"
+    main(
+        [
+            "search",
+            "--index",
+            str(tmp_path / "gallery.faiss"),
+            "--query",
+            str(query),
+            "--top_k",
+            "5",
+            "--output",
+            str(rankings),
+        ]
+    )
+    printed = capsys.readouterr().out
+    found = json.loads(rankings.read_text())
+    # the reference: the checkpoint's features of both folders and the dense ICG distance (every gallery image
+    # is a candidate: the gallery is smaller than the default number of candidates)
+    module = ICGModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, weights=None).eval()
+    q_files, q_features = embed_folder(module, query)
+    g_files, g_features = embed_folder(module, gallery)
+    distances = icg_distance(q_features, g_features)
+    order = distances.argsort(dim=1, stable=True)[:, :5]
+    assert list(found) == [str(path) for path in q_files]
+    for row, path in enumerate(q_files):
+        assert [hit["path"] for hit in found[str(path)]] == [str(g_files[i]) for i in order[row]]
+        expected = distances[row, order[row]].tolist()
+        assert [hit["distance"] for hit in found[str(path)]] == pytest.approx(expected, abs=1e-4)
+        assert printed.count(f"{path}: ") == 1
 
 
 @pytest.mark.slow

@@ -27,16 +27,29 @@ def test_quickstart_notebook_runs(tmp_path: Path, monkeypatch) -> None:
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 3
 
 
-@pytest.mark.slow
-def test_custom_dataset_example_trains_and_validates(tmp_path: Path) -> None:
+def run_example(script: str, root: Path, cwd: Path) -> str:
+    """Runs ``examples/<script> --root <root> --epochs 1`` from ``cwd``; returns its output, after checking it ran."""
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "custom_dataset.py"), "--root", str(tmp_path / "mine"), "--epochs", "1"],
-        cwd=tmp_path,
+        [sys.executable, str(EXAMPLES / script), "--root", str(root), "--epochs", "1"],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "PersonFolders(" in result.stdout and "val/mAP" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_custom_dataset_example_trains_and_validates(tmp_path: Path) -> None:
+    out = run_example("custom_dataset.py", tmp_path / "mine", tmp_path)
+    assert "PersonFolders(" in out and "val/mAP" in out
+
+
+@pytest.mark.slow
+def test_embed_crops_example_trains_exports_and_ranks(tmp_path: Path) -> None:
+    out = run_example("embed_crops.py", tmp_path / "crops", tmp_path)
+    assert "query crops" in out and "rank-1 by ICG distance" in out
+    assert (tmp_path / "crops" / "model.onnx").is_file() or (tmp_path / "crops" / "model.pt").is_file()

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from icg.retrieval import ReIDFeatures, icg_distance, icg_distance_rows, k_reciprocal_rerank
+from icg.retrieval import (
+    NormalizedFeatures,
+    ReIDFeatures,
+    icg_distance,
+    icg_distance_candidates,
+    icg_distance_rows,
+    k_reciprocal_rerank,
+)
 
 
 # ------------------------------------------------------------------------------------------- references
@@ -191,6 +198,54 @@ def test_distance_rejects_mismatched_inputs():
         icg_distance(torch.zeros(3, 2, 2), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="chunk_size"):
         icg_distance(query, query, chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    "drop", [{}, {"parts": True}, {"foreground": True, "parts": True, "graph": True}], ids=["icg", "no-parts", "bot"]
+)
+def test_distance_to_candidates_is_the_matching_entries_of_the_matrix(drop):
+    gen = torch.Generator().manual_seed(6)
+    query, gallery = random_features(9, 4, gen, **drop), random_features(20, 4, gen, **drop)
+    candidates = torch.randint(0, 20, (9, 6), generator=gen)
+    expected = reference_icg_distance(as_numpy(query), as_numpy(gallery))
+    expected = np.take_along_axis(expected, candidates.numpy(), axis=1)
+    for chunk_size in (1, 4, 64):
+        got = icg_distance_candidates(query, gallery, candidates, chunk_size=chunk_size)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    # a gallery normalised once (as an index stores it) gives the same distances, and so does the dense matrix
+    prepared = NormalizedFeatures.of(gallery)
+    np.testing.assert_allclose(icg_distance_candidates(query, prepared, candidates).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        icg_distance(NormalizedFeatures.of(query), prepared).numpy(),
+        reference_icg_distance(as_numpy(query), as_numpy(gallery)),
+        atol=1e-5,
+    )
+
+
+def test_normalized_features_lay_the_terms_of_eq15_side_by_side():
+    gen = torch.Generator().manual_seed(7)
+    features = random_features(5, 3, gen)
+    normalized = NormalizedFeatures.of(features)
+    assert normalized.layout == (("global_feat", (6,)), ("foreground", (6,)), ("graph", (4,)), ("parts", (3, 5)))
+    assert normalized.vectors.shape == (5, 6 + 6 + 4 + 15) and normalized.num_fixed == 3
+    visible = features.visibility.float()
+    parts = torch.nn.functional.normalize(features.parts, dim=2) * visible[:, :, None]
+    torch.testing.assert_close(normalized.vectors[:, 16:].view(5, 3, 5), parts)
+    torch.testing.assert_close(normalized.vectors[:, :6], torch.nn.functional.normalize(features.global_feat, dim=1))
+    torch.testing.assert_close(normalized.visibility, visible)
+    rows = torch.tensor([4, 0])
+    torch.testing.assert_close(normalized.take(rows).vectors, normalized.vectors[rows])
+
+
+def test_distance_to_candidates_checks_its_inputs():
+    gen = torch.Generator().manual_seed(8)
+    query, gallery = random_features(3, 4, gen), random_features(5, 4, gen)
+    with pytest.raises(IndexError, match=r"gallery rows in \[0, 5\)"):
+        icg_distance_candidates(query, gallery, torch.tensor([[0], [5], [1]]))
+    with pytest.raises(ValueError, match=r"candidates must be int64 \[Nq=3, M\]"):
+        icg_distance_candidates(query, gallery, torch.zeros(2, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match="query has parts features but gallery does not"):
+        icg_distance_candidates(query, random_features(5, 4, gen, parts=True), torch.zeros(3, 1, dtype=torch.int64))
 
 
 @pytest.mark.cuda

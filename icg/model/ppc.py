@@ -117,8 +117,8 @@ def part_visibility(part_logits: Tensor) -> Tensor:
     """
     if part_logits.dim() != 4 or part_logits.shape[1] < 2:
         raise ValueError(f"part_logits must be [B, K + 1, h, w] with K >= 1, got shape {tuple(part_logits.shape)}")
-    batch, classes = part_logits.shape[:2]
-    winners = part_logits.argmax(dim=1).flatten(1)
-    hit = torch.zeros(batch, classes, dtype=torch.bool, device=part_logits.device)
-    hit.scatter_(1, winners, True)
-    return hit[:, 1:]
+    winners = part_logits.argmax(dim=1).flatten(1)  # [B, h * w]
+    parts = torch.arange(1, part_logits.shape[1], device=part_logits.device)
+    # a comparison with every part rather than a scatter of the winners: the same result, and one that the ONNX
+    # exporter and the TorchScript tracer both translate (the tracer has no scatter_ with a bool value)
+    return (winners[:, None, :] == parts[None, :, None]).any(dim=2)
