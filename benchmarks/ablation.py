@@ -253,7 +253,8 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
         f"{args.image_size[0]}x{args.image_size[1]}, "
         f"occlusion and misalignment on (generator seed {args.generator_seed}).  ",
         f"Recipe: ResNet-18, PK 8 x 4, AdamW, {args.epochs} epochs, foreground threshold "
-        f"{args.fg_threshold}, attention kernel 3, clustering every 2 epochs; mean ± half-range over seeds, in %. "
+        f"{args.fg_threshold}, attention kernel {args.model_args.get('attention_kernel', 3)}, clustering every 2 "
+        f"epochs; other model arguments {json.dumps(args.model_args)}; mean ± half-range over seeds, in %. "
         "*stand-in*: the backbone starts from `benchmarks/pretrain_synthetic.py` (BoT on a disjoint synthetic "
         "population), lr 3.5e-4 (the paper's) and 10 x that for the layers outside the backbone "
         "(`head_lr_factor`); *scratch*: from random weights, lr 1e-3 for every layer.",
