@@ -9,7 +9,8 @@ ImageNet weights (``benchmarks/pretrain_synthetic.py``: BoT trained on a disjoin
 paper starts every model from ImageNet. Besides mAP and Rank-1 each run records what explains them, against the
 generator's true part masks: the pseudo-labels of the last clustering (foreground precision / recall, part purity), the
 parts predicted on the test images (visible parts per image, foreground precision, purity, top-to-bottom
-order), and how far the FSG adjacency moved from its initial 0.5.
+order), how far the FSG adjacency moved from its initial 0.5, and the mAP of the global and foreground features
+alone and of eq. 15 without the part terms (what each branch contributes to retrieval).
 
     python benchmarks/pretrain_synthetic.py                                   # the stand-in, once
     python benchmarks/ablation.py --init runs/pretrained/resnet18-synthetic.pt
