@@ -32,6 +32,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from quiet_trainer import quiet_trainer
 from truth import NUM_TRUE_LABELS, label_quality, true_part_cells
 
 from icg import ICGModule, PartClustering, ReIDFeatures, SyntheticDataModule, evaluate_rank, icg_distance
@@ -172,17 +173,8 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         **{**recipe, **args.model_args},
     )
     labels = TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_epochs=args.epochs,
-        accelerator="auto",
-        devices=1,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         callbacks=[labels],
     )
     start = time.perf_counter()

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from machine import describe, status_kib  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from quiet_trainer import quiet_trainer
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -181,17 +182,9 @@ def bench_epoch(args: argparse.Namespace) -> None:
             num_parts=args.parts,
         )
         clustering, timer = TimedClustering(niter=args.niter, batch_size=64), EpochTimer()
-        trainer = Trainer(
+        trainer = quiet_trainer(
             accelerator="cpu",
-            devices=1,
             max_epochs=args.epochs,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            num_sanity_val_steps=0,
             default_root_dir=root,
             callbacks=[clustering, timer],
         )

@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from quiet_trainer import quiet_trainer
 
 from icg import ICGModule, PartClustering, SyntheticDataModule
 
@@ -88,18 +89,9 @@ def main() -> None:
     timer = StepTimer()
     clustering = PartClustering()
     warmup = 2
-    trainer = pl.Trainer(
-        accelerator="auto",
-        devices=1,
+    trainer = quiet_trainer(
         precision=args.precision,
         max_steps=warmup + args.steps + 1,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         callbacks=[timer, clustering],
     )
     trainer.fit(module, datamodule=datamodule)

@@ -32,6 +32,7 @@ import torch
 from bench_evaluation import SIZES, make_problem  # scripts run with benchmarks/ on sys.path
 from bench_training_speed import MARKET_TRAIN_IMAGES, StepTimer
 from machine import describe
+from quiet_trainer import quiet_trainer
 
 from icg import ICGModule, PartClustering, SyntheticDataModule, evaluate_rank, icg_distance
 
@@ -129,19 +130,11 @@ def train(
         **modules,
     )
     timer = StepTimer()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         accelerator=device.type,
-        devices=1,
         precision=sizes.precision,
         benchmark=True,  # cuDNN picks its fastest kernels for the fixed input size
         max_steps=sizes.warmup + sizes.steps + 1,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
         # clusters once, at the first epoch start, which no step time includes
         callbacks=[timer, PartClustering(every_n_epochs=10**6)],
     )

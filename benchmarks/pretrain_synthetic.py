@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from foreground_rule import relative_norms, roc_auc
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
+from quiet_trainer import quiet_trainer
 from torch import Tensor
 from truth import true_part_cells
 
@@ -125,16 +126,9 @@ def main() -> None:
         channels_last=True,
         **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}),
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        enable_progress_bar=True,
         max_epochs=args.epochs,
-        accelerator="auto",
-        devices=1,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
