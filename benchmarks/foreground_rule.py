@@ -39,6 +39,12 @@ def relative_norms(feature_fn: Callable[[torch.Tensor], torch.Tensor], datamodul
     return torch.cat(norms).numpy()
 
 
+def pretrain_data(generator_seed: int, train_ids: int, image_size: tuple[int, int]) -> Path:
+    """Default folder of a pretraining population (the size is named when it is not 128x64)."""
+    suffix = "" if image_size == (128, 64) else f"-{image_size[0]}x{image_size[1]}"
+    return Path(f"data/synthetic-pretrain-s{generator_seed}-{train_ids}{suffix}")
+
+
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Probability that a random person cell scores higher than a random background cell (ties count half)."""
     negatives = np.sort(scores[~positive])
@@ -52,21 +58,25 @@ def main() -> None:
     parser.add_argument("--init", default=None, help="backbone weights file (default: random, from scratch)")
     parser.add_argument("--checkpoint", default=None, help="an icg checkpoint: measure its F_g instead")
     parser.add_argument(
-        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<generator seed>-<train ids>"
+        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<seed>-<train ids>[-<H>x<W>]"
     )
     parser.add_argument("--generator-seed", type=int, default=1000)
     parser.add_argument("--train-ids", type=int, default=300)
     parser.add_argument("--test-ids", type=int, default=60)
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"), help="rendered and network size"
+    )
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.6, 0.7])
     args = parser.parse_args()
-    args.data = args.data or Path(f"data/synthetic-pretrain-s{args.generator_seed}-{args.train_ids}")
+    args.data = args.data or pretrain_data(args.generator_seed, args.train_ids, tuple(args.image_size))
     print(f"Machine: {describe()}")
     datamodule = SyntheticDataModule(
         str(args.data),
         num_train_ids=args.train_ids,
         num_test_ids=args.test_ids,
         generator_seed=args.generator_seed,
-        image_size=(128, 64),
+        generated_size=tuple(args.image_size),
+        image_size=tuple(args.image_size),
         num_workers=0,
     )
     torch.manual_seed(0)

@@ -2,9 +2,9 @@
 
 The paper starts BoT and ICG alike from ImageNet weights, whose cell activations are larger on objects than on
 the background: the premise of the foreground rule (eq. 3: ``||F(x, y)|| >= 0.5 * max``) and so of the part
-clustering. ImageNet weights cannot be downloaded here. This script trains BoT (ResNet-18, 128x64, no
-AFM/PPC/FSG) on synthetic pedestrians of their own generator seed, whose identities are drawn independently of
-the ablation's (seed 0), and saves the backbone's state dict.
+clustering. ImageNet weights cannot be downloaded here. This script trains BoT (ResNet-18, 128x64 or
+``--image-size``, no AFM/PPC/FSG) on synthetic pedestrians of their own generator seed, whose identities are drawn
+independently of the ablation's (seed 0), and saves the backbone's state dict.
 
 BoT alone does not give that premise here: the cell norms of a BoT ResNet-18 trained on synthetic pedestrians
 follow the image position, not the person (AUC 0.45 as a person detector after 14 epochs on 300 identities;
@@ -16,6 +16,12 @@ seen, and every part is still found by ICG's clustering. ``--saliency-weight 0``
 
     python benchmarks/pretrain_synthetic.py                       # ~40-60 minutes on 2 cores
     python benchmarks/ablation.py --init runs/pretrained/resnet18-synthetic.pt
+    python benchmarks/pretrain_synthetic.py --image-size 256 128 \
+        --output runs/pretrained/resnet18-synthetic-256x128.pt   # 13 minutes on 2 cores (rendered at 256x128)
+
+At 256x128 the stand-in reached test mAP 79.0 on its own population and AUC 0.94 as a person detector; a stand-in
+pretrained at 128x64 does not carry its foreground to 256x128 inputs (the ablation's pseudo-foreground was at
+chance there), so each input size gets its own.
 
 ``ICGModule(weights="runs/pretrained/resnet18-synthetic.pt")`` (or ``--model.init_args.weights PATH``)
 loads it into any run. Besides the file, the script prints the stand-in's own test mAP and foreground AUC (on
@@ -32,7 +38,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from foreground_rule import relative_norms, roc_auc
+from foreground_rule import pretrain_data, relative_norms, roc_auc
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from quiet_trainer import quiet_trainer
 from torch import Tensor
@@ -78,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("runs/pretrained/resnet18-synthetic.pt"))
     parser.add_argument(
-        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<generator seed>-<train ids>"
+        "--data", type=Path, default=None, help="default: data/synthetic-pretrain-s<seed>-<train ids>[-<H>x<W>]"
     )
     parser.add_argument(
         "--generator-seed",
@@ -93,8 +99,12 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=None, help="AdamW's; default: ICGModule's")
     parser.add_argument("--saliency-weight", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"), help="rendered and network size"
+    )
     args = parser.parse_args()
-    args.data = args.data or Path(f"data/synthetic-pretrain-s{args.generator_seed}-{args.train_ids}")
+    image_size = tuple(args.image_size)
+    args.data = args.data or pretrain_data(args.generator_seed, args.train_ids, image_size)
     print(f"Machine: {describe()}", flush=True)
 
     pl.seed_everything(0, workers=True, verbose=False)
@@ -103,18 +113,20 @@ def main() -> None:
         num_train_ids=args.train_ids,
         num_test_ids=args.test_ids,
         generator_seed=args.generator_seed,
-        image_size=(128, 64),
+        generated_size=image_size,
+        image_size=image_size,
         num_identities=16,
         num_instances=4,
         num_workers=args.workers,
     )
     datamodule.setup("fit")
-    person = true_part_cells([r.path for r in datamodule.train_records], (8, 4)) > 0
+    cells = (image_size[0] // 16, image_size[1] // 16)  # ResNet with last stride 1
+    person = true_part_cells([r.path for r in datamodule.train_records], cells) > 0
     module = SalientBoT(
         torch.from_numpy(person),
         args.saliency_weight,
         num_classes=datamodule.num_classes,
-        image_size=(128, 64),
+        image_size=image_size,
         backbone="resnet18",
         weights=None,
         use_afm=False,
@@ -137,7 +149,7 @@ def main() -> None:
 
     atomic_write(args.output, lambda stream: torch.save(module.net.backbone.state_dict(), stream))
     module.eval()
-    test_person = true_part_cells([r.path for r in datamodule.eval_records], (8, 4)) > 0
+    test_person = true_part_cells([r.path for r in datamodule.eval_records], cells) > 0
     auc = roc_auc(relative_norms(module.net.backbone, datamodule).ravel(), test_person.ravel())
     summary = {
         "file": str(args.output),
@@ -150,7 +162,7 @@ def main() -> None:
         "recipe": {
             "model": "BoT ResNet-18",
             "saliency_weight": args.saliency_weight,
-            "image_size": [128, 64],
+            "image_size": list(image_size),
             "batch": "16 x 4",
             "epochs": args.epochs,
             "lr": args.lr,

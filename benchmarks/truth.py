@@ -50,6 +50,22 @@ def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def purity_within_identities(labels: np.ndarray, truth: np.ndarray, pids: Sequence[int]) -> float:
+    """Part purity with each identity's labels scored on their own: label ``k`` may be a different body part
+    for each identity. Against ``purity`` of :func:`label_quality` (one majority part per label over all images),
+    it tells parts that are pure but numbered differently per identity from parts that mix body parts."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pids = np.asarray(pids)
+    pure = on_person = 0
+    for pid in np.unique(pids):
+        counts = np.zeros((max(int(labels.max()), 1) + 1, NUM_TRUE_LABELS), dtype=np.int64)
+        mine = pids == pid
+        np.add.at(counts, (labels[mine].ravel(), truth[mine].ravel().astype(np.int64)), 1)
+        pure += counts[1:, 1:].max(axis=1).sum()
+        on_person += counts[1:, 1:].sum()
+    return pure / max(on_person, 1)
+
+
 def top_to_bottom_share(labels: np.ndarray) -> float:
     """Share of the images with two or more parts in which the parts' mean rows increase with the part number."""
     rows = np.arange(labels.shape[1])[:, None].repeat(labels.shape[2], axis=1)
