@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from icg.contracts import ClusteringData, LabeledModel, require
-from icg.model import foreground_target
+from icg.model import FgThreshold, check_fg_threshold, foreground_target
 
 __all__ = [
     "ClusteringResult",
@@ -273,7 +273,7 @@ def cluster_part_labels(
     num_parts: int,
     *,
     label_size: tuple[int, int],
-    fg_threshold: float = 0.5,
+    fg_threshold: FgThreshold = 0.5,
     niter: int = 20,
     seed: int = 0,
     batch_size: int = 64,
@@ -295,7 +295,8 @@ def cluster_part_labels(
         pids: identity of each item (``len(dataset)`` of them).
         num_parts: ``K``.
         label_size: ``(h, w)`` of the feature maps and labels.
-        fg_threshold: a cell is foreground when its norm is at least this share of the image's largest.
+        fg_threshold: a cell is foreground when its norm is at least this share of the image's largest, or
+            ``"otsu"`` (:func:`icg.model.foreground_target`).
         niter: K-means iterations (of the default back-end; a given ``kmeans`` has its own).
         seed: fixed seed (>= 0) of the K-means seeding; identity ``j`` of the sorted ids draws from ``(seed, j)``.
         batch_size, num_workers: of the DataLoader of the pass.
@@ -312,8 +313,7 @@ def cluster_part_labels(
         raise ValueError(f"cluster_part_labels: got {len(pids)} pids for a dataset of {len(dataset)} items")
     if num_parts < 1:
         raise ValueError(f"cluster_part_labels: num_parts must be >= 1, got {num_parts}")
-    if not 0.0 <= fg_threshold <= 1.0:
-        raise ValueError(f"cluster_part_labels: fg_threshold must be in [0, 1], got {fg_threshold}")
+    check_fg_threshold(fg_threshold, "cluster_part_labels")
     if seed < 0:
         raise ValueError(f"cluster_part_labels: seed must be >= 0, got {seed}")
     if batch_size < 1:
@@ -421,7 +421,7 @@ class PartClustering(Callback):
         every_n_epochs: ``n``, epochs between clusterings (the paper: 1; its appendix also uses 2).
         niter: K-means iterations.
         seed: fixed seed of the K-means seeding.
-        fg_threshold: foreground threshold; default the module's ``fg_threshold``.
+        fg_threshold: foreground threshold (a share, or ``"otsu"``); default the module's ``fg_threshold``.
         batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
         num_workers: loader processes; default the datamodule's ``num_workers``.
 
@@ -434,7 +434,7 @@ class PartClustering(Callback):
         every_n_epochs: int = 1,
         niter: int = 20,
         seed: int = 0,
-        fg_threshold: float | None = None,
+        fg_threshold: FgThreshold | None = None,
         batch_size: int = 128,
         num_workers: int | None = None,
     ) -> None:
@@ -444,8 +444,8 @@ class PartClustering(Callback):
             raise ValueError(f"PartClustering: niter must be >= 1, got {niter}")
         if seed < 0:
             raise ValueError(f"PartClustering: seed must be >= 0, got {seed}")
-        if fg_threshold is not None and not 0.0 <= fg_threshold <= 1.0:
-            raise ValueError(f"PartClustering: fg_threshold must be in [0, 1], got {fg_threshold}")
+        if fg_threshold is not None:
+            check_fg_threshold(fg_threshold, "PartClustering")
         if batch_size < 1:
             raise ValueError(f"PartClustering: batch_size must be >= 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:

@@ -26,7 +26,7 @@ class LabeledModel(Protocol):
     """A model with part labels to fill (:class:`icg.clustering.PartClustering`)."""
 
     part_labels: PartLabels
-    fg_threshold: float
+    fg_threshold: float | str
     device: torch.device
 
     def feature_maps(self, images: Tensor) -> Tensor:

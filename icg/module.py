@@ -44,7 +44,7 @@ from icg.divergence import DivergenceGuard, check_finite_features
 from icg.features import ReIDFeatures
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
-from icg.model import ICGNet, ICGOutput, foreground_target, to_reid_features
+from icg.model import FgThreshold, ICGNet, ICGOutput, check_fg_threshold, foreground_target, to_reid_features
 from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.part_labels import IGNORE_INDEX, PartLabels, cell_sources
 
@@ -85,7 +85,8 @@ class ICGModule(LightningModule):
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
         fg_threshold: a cell is foreground when the norm of its ``F_g`` is at least this share of the image's
-            largest (eq. 3; the same rule in the clustering).
+            largest (eq. 3; the same rule in the clustering); ``"otsu"``: the share is chosen per image by Otsu's
+            method (:func:`~icg.model.afm.foreground_target`).
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
         lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
@@ -122,7 +123,7 @@ class ICGModule(LightningModule):
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
-        fg_threshold: float = 0.5,
+        fg_threshold: FgThreshold = 0.5,
         feat_weight: float = 0.2,
         sep_weight: float = 0.1,
         par_weight: float = 0.1,
@@ -142,6 +143,7 @@ class ICGModule(LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_fg_threshold(fg_threshold, "ICGModule")
         weights = resolve_weights(weights, pretrained)
         if isinstance(weights, os.PathLike):  # hyperparameters hold plain values, which weights_only loads read
             weights = os.fspath(weights)
@@ -282,9 +284,10 @@ class ICGModule(LightningModule):
         return [kind() for kind in wanted if not any(isinstance(c, kind) for c in self.trainer.callbacks)]
 
     @property
-    def fg_threshold(self) -> float:
+    def fg_threshold(self) -> FgThreshold:
         """The foreground rule's threshold (eq. 3), shared by the training target and the part clustering."""
-        return float(self.hparams.fg_threshold)
+        threshold = self.hparams.fg_threshold
+        return threshold if threshold == "otsu" else float(threshold)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the part labels' buffers before PartLabels owned them

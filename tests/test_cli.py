@@ -128,6 +128,14 @@ def test_print_config(capsys) -> None:
     assert "class_path: icg.data.SyntheticDataModule" in out and "use_distributed_sampler: false" in out
 
 
+@pytest.mark.parametrize(("given", "parsed"), [("0.7", "0.7"), ("otsu", "otsu")])
+def test_fg_threshold_takes_a_share_or_otsu(given: str, parsed: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "synthetic", f"--model.init_args.fg_threshold={given}", "--print_config"])
+    assert exit_info.value.code == 0
+    assert f"fg_threshold: {parsed}\n" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> Path:
     """Runs `icg fit` once on tiny synthetic data; returns the run folder."""

@@ -35,6 +35,15 @@ def test_foreground_target_ignores_padding_and_erased_cells() -> None:
     assert torch.equal(fg_target[0][~torch.tensor(ignored)], expected[~torch.tensor(ignored)])
 
 
+def test_fg_threshold_is_a_share_or_otsu() -> None:
+    tiny = dict(num_classes=4, image_size=(H, W), backbone="resnet18", weights=None, use_ppc=False, use_fsg=False)
+    assert ICGModule(**tiny, fg_threshold="otsu").fg_threshold == "otsu"
+    assert ICGModule(**tiny, fg_threshold=1).fg_threshold == 1.0
+    for wrong in ("median", 1.5, -0.1):
+        with pytest.raises(ValueError, match="ICGModule: fg_threshold"):
+            ICGModule(**tiny, fg_threshold=wrong)
+
+
 @pytest.mark.parametrize("foreground_from_parts", [True, False])
 def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool) -> None:
     # L_sep alone trains the attention and the foreground classifier over a frozen random trunk, on images with a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target
+from icg.model.afm import FgThreshold, ForegroundHead, SpatialAttention, check_fg_threshold, foreground_target
 from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone, weights_cache_path
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
@@ -12,6 +12,7 @@ from icg.model.ppc import PixelPartClassifier, part_visibility, weighted_mean_po
 __all__ = [
     "BNNeck",
     "BranchOutput",
+    "FgThreshold",
     "FlexibleStructureGraph",
     "ForegroundHead",
     "ICGNet",
@@ -21,6 +22,7 @@ __all__ = [
     "ResNetBackbone",
     "SpatialAttention",
     "build_backbone",
+    "check_fg_threshold",
     "foreground_target",
     "part_visibility",
     "to_reid_features",

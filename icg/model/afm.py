@@ -21,6 +21,15 @@ Why not the map before the attention, ``F_theta``: measured on synthetic pedestr
 norms are *lower* on the person than on the background (their AUC as a person detector: 0.13 after 8 epochs,
 higher at the image borders, an effect of zero padding), so without an attention there is nothing to threshold.
 ``benchmarks/foreground_rule.py`` measures the rule for a given backbone.
+
+Which threshold. The paper's is a fixed share, 0.5 of the image's largest activation. It reads the *level* of the
+norms, and fine-tuning moves that level: from a stand-in for ImageNet weights whose norms single out the person
+(``benchmarks/pretrain_synthetic.py``; at 0.5, 22% of the cells, 82% of them on the person), ICG's training
+flattened the norms until 0.5 marked 84% of the cells, at 29% precision (chance 26%), while the norms still ranked
+person above background (AUC 0.73; development population, 256x128). ``threshold="otsu"`` splits each image's
+relative norms where the between-group variance is largest (Otsu 1979): it follows the contrast, whatever the
+level; on the same population it kept the pseudo-foreground at 26% of the cells (58% precision) and the predicted
+one at 78% precision. From scratch it is worse: see ``docs/DECISIONS.md`` and ``benchmarks/RESULTS-256x128.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,14 @@ from torch import Tensor, nn
 
 from icg.model.ppc import PixelPartClassifier
 
-__all__ = ["ForegroundHead", "SpatialAttention", "foreground_target"]
+__all__ = [
+    "FgThreshold",
+    "ForegroundHead",
+    "SpatialAttention",
+    "check_fg_threshold",
+    "foreground_target",
+    "otsu_thresholds",
+]
 
 
 class SpatialAttention(nn.Module):
@@ -96,25 +112,61 @@ class ForegroundHead(PixelPartClassifier):
         super().__init__(in_channels, 1, logit_scale=logit_scale)
 
 
-def foreground_target(feature_map: Tensor, threshold: float = 0.5) -> Tensor:
+FgThreshold = float | str
+"""A foreground rule: a share of the image's largest activation in ``[0, 1]`` (eq. 3), or ``"otsu"``."""
+
+
+def check_fg_threshold(threshold: FgThreshold, owner: str) -> FgThreshold:
+    """``threshold`` if it is a valid foreground rule, else a ``ValueError`` that names ``owner``."""
+    if threshold == "otsu" or (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+        return threshold
+    raise ValueError(f"{owner}: fg_threshold must be in [0, 1] or 'otsu', got {threshold!r}")
+
+
+def otsu_thresholds(values: Tensor) -> Tensor:
+    """Per row, the value that splits the row into two groups of largest between-group variance (Otsu 1979).
+
+    Args:
+        values: ``[B, n]``, ``n >= 2``.
+
+    Returns:
+        ``[B]``: the smallest value of the upper group (``values >= threshold`` is that group).
+    """
+    ordered = values.sort(dim=1).values
+    n = ordered.shape[1]
+    below = torch.arange(1, n, device=values.device, dtype=ordered.dtype)  # size of the lower group
+    cumulative = ordered.cumsum(dim=1)
+    lower_mean = cumulative[:, :-1] / below
+    upper_mean = (cumulative[:, -1:] - cumulative[:, :-1]) / (n - below)
+    between = below * (n - below) * (upper_mean - lower_mean) ** 2
+    return ordered.gather(1, between.argmax(dim=1, keepdim=True) + 1)[:, 0]
+
+
+def foreground_target(feature_map: Tensor, threshold: FgThreshold = 0.5) -> Tensor:
     """Foreground pseudo-label of every cell from its activation (eq. 3).
 
     Per image, the activation ``||F(x, y)||_2`` is divided by its maximum over the image; cells at or above
-    ``threshold`` are foreground (1), the others background (0). The map is detached: the target must not pull
-    the features towards itself. An all-zero image is all background (for ``threshold > 0``).
+    ``threshold`` are foreground (1), the others background (0). With ``threshold="otsu"`` the threshold is
+    chosen per image as Otsu's, the split of the relative activations into two groups of largest between-group
+    variance, so that the rule follows the contrast between person and background and not the activations'
+    overall level (see the module docstring). The map is detached: the target must not pull the features
+    towards itself. An all-zero image is all background (for ``threshold > 0``; Otsu: all foreground).
 
     Args:
         feature_map: ``F_g``, ``[B, C, h, w]`` (the map after the attention; see the module docstring).
-        threshold: in ``[0, 1]``.
+        threshold: in ``[0, 1]``, or ``"otsu"``.
 
     Returns:
         ``LongTensor [B, h, w]`` of 0 / 1.
     """
     if feature_map.dim() != 4:
         raise ValueError(f"feature_map must be [B, C, h, w], got shape {tuple(feature_map.shape)}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    check_fg_threshold(threshold, "foreground_target")
     activation = torch.linalg.vector_norm(feature_map.detach().float(), dim=1)
     peak = activation.flatten(1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
     relative = activation / peak[:, None, None]
+    if threshold == "otsu":
+        if relative[0].numel() < 2:
+            return torch.ones_like(relative, dtype=torch.long)
+        return (relative >= otsu_thresholds(relative.flatten(1))[:, None, None]).long()
     return (relative >= threshold).long()

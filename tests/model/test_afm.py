@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target
+from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target, otsu_thresholds
 
 
 def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -87,3 +87,37 @@ def test_foreground_target_is_detached_and_checks_input() -> None:
         foreground_target(feature_map, threshold=1.5)
     with pytest.raises(ValueError, match="feature_map"):
         foreground_target(torch.rand(3, 2, 2))
+
+
+def _otsu_brute_force(values: np.ndarray) -> float:
+    """Every split of the sorted values into a lower and an upper group; the upper group's smallest value of the
+    split with the largest between-group variance (first one on ties)."""
+    ordered = np.sort(values)
+    best, threshold = -1.0, ordered[0]
+    for split in range(1, len(ordered)):
+        lower, upper = ordered[:split], ordered[split:]
+        between = len(lower) / len(ordered) * len(upper) / len(ordered) * (upper.mean() - lower.mean()) ** 2
+        if between > best + 1e-12:
+            best, threshold = between, ordered[split]
+    return float(threshold)
+
+
+def test_otsu_thresholds_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    rows = [rng.random(12), np.r_[rng.normal(0.2, 0.05, 20), rng.normal(0.8, 0.05, 7)], rng.random(2)]
+    for row in rows:
+        got = otsu_thresholds(torch.from_numpy(row)[None])
+        assert got.item() == pytest.approx(_otsu_brute_force(row))
+
+
+def test_otsu_foreground_splits_two_levels_whatever_their_scale() -> None:
+    # A bright 2x1 object on a dim background: eq. 3 at 0.5 calls everything foreground when the background is
+    # at 0.6 of the object, Otsu's split still finds the object.
+    image = torch.full((1, 4, 3, 2), 0.6)
+    image[:, :, 1, :] = 1.0
+    expected = torch.tensor([[[0, 0], [1, 1], [0, 0]]])
+    torch.testing.assert_close(foreground_target(image, threshold="otsu"), expected)
+    torch.testing.assert_close(foreground_target(7 * image, threshold="otsu"), expected)
+    assert foreground_target(image).all()
+    with pytest.raises(ValueError, match="otsu"):
+        foreground_target(image, threshold="median")
