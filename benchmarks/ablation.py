@@ -9,8 +9,9 @@ ImageNet weights (``benchmarks/pretrain_synthetic.py``: BoT trained on a disjoin
 paper starts every model from ImageNet. Besides mAP and Rank-1 each run records what explains them, against the
 generator's true part masks: the pseudo-labels of the last clustering (foreground precision / recall, part purity), the
 parts predicted on the test images (visible parts per image, foreground precision, purity, top-to-bottom
-order), how far the FSG adjacency moved from its initial 0.5, and the mAP of the global and foreground features
-alone and of eq. 15 without the part terms (what each branch contributes to retrieval).
+order), how far the FSG adjacency moved from its initial 0.5, the mAP of the global and foreground features
+alone and of eq. 15 without the part terms (what each branch contributes to retrieval), and the AUC of the cell
+norms as a person detector (what the foreground rule of eq. 3 can find).
 
     python benchmarks/pretrain_synthetic.py                                   # the stand-in, once
     python benchmarks/ablation.py --init runs/pretrained/resnet18-synthetic.pt
@@ -31,9 +32,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from foreground_rule import roc_auc
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from quiet_trainer import quiet_trainer
-from truth import NUM_TRUE_LABELS, label_quality, true_part_cells
+from truth import NUM_TRUE_LABELS, label_quality, purity_within_identities, true_part_cells
 
 from icg import ICGModule, PartClustering, ReIDFeatures, SyntheticDataModule, evaluate_rank, icg_distance
 from icg.model import to_reid_features
@@ -47,6 +49,7 @@ class Variant:
     num_parts: int = 6
     foreground_from_parts: bool = True
     true_parts: bool = False  # train on the generator's part masks instead of K-means labels
+    fg_threshold: float | str | None = None  # the foreground rule; None: --fg-threshold
 
 
 RUNS = {
@@ -56,12 +59,17 @@ RUNS = {
     "+PPC+FSG": Variant(use_afm=False),  # FSG needs PPC's parts
     **{f"ICG-K{k}": Variant(num_parts=k) for k in range(3, 8)},
     "ICG-K6-eq16": Variant(foreground_from_parts=False),  # P_f from the AFM's own head instead of 1 - P_0
+    "ICG-K6-otsu": Variant(fg_threshold="otsu"),  # eq. 3 with Otsu's per-image threshold instead of 0.5
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 TABLES = {
     "Modules (paper Table 2; K = 6)": ["BoT", "+AFM", "+PPC", "+PPC+FSG", "ICG-K6"],
     "Number of parts (paper Table 3; full ICG)": [f"ICG-K{k}" for k in range(3, 8)],
     "Foreground of eq. 8 (union of the parts, default) against eq. 16 (the AFM's own head)": ["ICG-K6", "ICG-K6-eq16"],
+    "Foreground rule: eq. 3 at the paper's fixed threshold against Otsu's per-image threshold": [
+        "ICG-K6",
+        "ICG-K6-otsu",
+    ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
 COLUMNS = [  # key, header, format
@@ -71,6 +79,8 @@ COLUMNS = [  # key, header, format
     ("mAP_foreground", "mAP: foreground", "pm"),
     ("mAP_fixed_terms", "mAP: eq. 15 without parts", "pm"),
     ("visible_parts", "visible parts / test image", "{:.2f}"),
+    ("norm_auc_attended", "test AUC of ‖F_g‖", "{:.2f}"),
+    ("norm_auc_backbone", "test AUC of ‖F_θ‖", "{:.2f}"),
     ("test_fg_precision", "test fg precision", "{:.0%}"),
     ("test_purity", "test part purity", "{:.0%}"),
     ("test_order", "test top-to-bottom", "{:.0%}"),
@@ -78,6 +88,7 @@ COLUMNS = [  # key, header, format
     ("fg_precision", "pseudo-fg precision", "{:.0%}"),
     ("fg_recall", "pseudo-fg recall", "{:.0%}"),
     ("purity", "pseudo-part purity", "{:.0%}"),
+    ("purity_within_identity", "pseudo-part purity within identity", "{:.0%}"),
     ("adjacency_deviation", "adjacency |M - 0.5|", "{:.3f}"),
     ("minutes", "min / run", "{:.1f}"),
 ]
@@ -103,12 +114,17 @@ class TruePartLabels(PartClustering):
 @torch.no_grad()
 def test_outputs(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """On the query and gallery images: the predicted part map of every image (0 background, 1..K arg-max parts;
-    without the PPC, 1 where ``P_f >= 0.5``), the visible parts of each image (NaN without the PPC), and the mAP of
-    single retrieval features and of eq. 15 without the part terms, which say what each branch contributes."""
+    without the PPC, 1 where ``P_f >= 0.5``), the visible parts of each image (NaN without the PPC), the mAP of
+    single retrieval features and of eq. 15 without the part terms, which say what each branch contributes, and
+    the AUC of the relative cell norms of ``F_g`` and ``F_theta`` as person detectors (what eq. 3 reads)."""
     maps, visible, features, pids, camids, is_query = [], [], [], [], [], []
+    norms: dict[str, list[torch.Tensor]] = {"norm_auc_attended": [], "norm_auc_backbone": []}
     module.eval()
     for batch in datamodule.test_dataloader():
         output = module(batch["image"].to(module.device))
+        for key, feature_map in zip(norms, (output.feature_map, output.backbone_map), strict=True):
+            activation = torch.linalg.vector_norm(feature_map.float(), dim=1).cpu()
+            norms[key].append(activation / activation.flatten(1).amax(dim=1)[:, None, None])
         features.append(to_reid_features(output))
         pids.append(batch["pid"])
         camids.append(batch["camid"])
@@ -131,6 +147,11 @@ def test_outputs(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np
         return ReIDFeatures(global_feat=features.global_feat, foreground=features.foreground, graph=features.graph)
 
     breakdown = {"mAP_global": mean_ap(query.global_feat, gallery.global_feat)}
+    paths = [record.path for record in datamodule.eval_records]
+    for key, values in norms.items():
+        relative = torch.cat(values).numpy()
+        person = true_part_cells(paths, relative.shape[1:]) > 0
+        breakdown[key] = roc_auc(relative.ravel(), person.ravel())
     if features.foreground is not None:
         breakdown["mAP_foreground"] = mean_ap(query.foreground, gallery.foreground)
     if features.parts is not None:
@@ -146,6 +167,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         num_train_ids=args.train_ids,
         num_test_ids=args.test_ids,
         generator_seed=args.generator_seed,
+        generated_size=tuple(args.image_size),
         image_size=tuple(args.image_size),
         num_identities=8,
         num_instances=4,
@@ -153,7 +175,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         seed=seed,
     )
     recipe = dict(
-        fg_threshold=args.fg_threshold,
+        fg_threshold=args.fg_threshold if variant.fg_threshold is None else variant.fg_threshold,
         warmup_epochs=1,
         milestones=(args.epochs - 2,),
         channels_last=True,
@@ -192,8 +214,11 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     labels = module.part_labels
     if variant.use_ppc and labels.labeled.any():
         train_paths = [record.path for record in datamodule.train_records]
-        quality = label_quality(labels.labels.cpu().numpy(), true_part_cells(train_paths, labels.size))
+        train_labels, train_truth = labels.labels.cpu().numpy(), true_part_cells(train_paths, labels.size)
+        quality = label_quality(train_labels, train_truth)
         result.update({key: quality[key] for key in ("fg_share", "fg_precision", "fg_recall", "purity")})
+        train_pids = [record.pid for record in datamodule.train_records]
+        result["purity_within_identity"] = purity_within_identities(train_labels, train_truth, train_pids)
     if module.net.graph is not None:
         result["adjacency_deviation"] = float((module.net.graph.adjacency - 0.5).abs().mean())
     result["minutes"] = (time.perf_counter() - start) / 60
@@ -256,8 +281,10 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
         "the parts the model predicts (a part is visible when it is the arg-max of some cell; foreground = not "
         "background), their precision on the person, their purity (share of part cells whose true body part is "
         "the majority one of their part) and the share of images whose parts are ordered top to bottom; on the "
-        "training images, the pseudo-labels of the last clustering; the mean distance of the learned FSG "
-        "adjacency from its initial 0.5.",
+        "training images, the pseudo-labels of the last clustering (their purity also per identity, where a label "
+        "may name a different body part for each identity); the mean distance of the learned FSG adjacency from "
+        "its initial 0.5. The AUCs: how well the relative cell norm ``||F|| / max``, what eq. 3 thresholds, ranks "
+        "person cells above background cells on the test images, after (`F_g`) and before (`F_θ`) the attention.",
     ]
     for init in inits:
         rows: dict[str, list[dict]] = {}
@@ -289,7 +316,9 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"), help="rendered and network size"
     )
-    parser.add_argument("--fg-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--fg-threshold", type=lambda v: v if v == "otsu" else float(v), default=0.5, help="in [0, 1], or otsu"
+    )
     parser.add_argument(
         "--generator-seed", type=int, default=0, help="the population (the stand-in is pretrained on seed 1000)"
     )
