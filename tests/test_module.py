@@ -39,7 +39,7 @@ def test_fg_threshold_is_a_share_or_otsu() -> None:
     tiny = dict(num_classes=4, image_size=(H, W), backbone="resnet18", weights=None, use_ppc=False, use_fsg=False)
     assert ICGModule(**tiny, fg_threshold="otsu").fg_threshold == "otsu"
     assert ICGModule(**tiny, fg_threshold=1).fg_threshold == 1.0
-    for wrong in ("median", 1.5, -0.1):
+    for wrong in ("median", 1.5, -0.1, True):
         with pytest.raises(ValueError, match="ICGModule: fg_threshold"):
             ICGModule(**tiny, fg_threshold=wrong)
 

@@ -118,7 +118,9 @@ FgThreshold = float | str
 
 def check_fg_threshold(threshold: FgThreshold, owner: str) -> FgThreshold:
     """``threshold`` if it is a valid foreground rule, else a ``ValueError`` that names ``owner``."""
-    if threshold == "otsu" or (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+    if threshold == "otsu" or (
+        isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0
+    ):
         return threshold
     raise ValueError(f"{owner}: fg_threshold must be in [0, 1] or 'otsu', got {threshold!r}")
 
