@@ -38,7 +38,7 @@ from quiet_trainer import quiet_trainer
 from truth import NUM_TRUE_LABELS, label_quality, purity_within_identities, true_part_cells
 
 from icg import ICGModule, PartClustering, ReIDFeatures, SyntheticDataModule, evaluate_rank, icg_distance
-from icg.model import to_reid_features
+from icg.model import relative_activation, to_reid_features
 
 
 @dataclass(frozen=True)
@@ -112,19 +112,21 @@ class TruePartLabels(PartClustering):
 
 
 @torch.no_grad()
-def test_outputs(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """On the query and gallery images: the predicted part map of every image (0 background, 1..K arg-max parts;
-    without the PPC, 1 where ``P_f >= 0.5``), the visible parts of each image (NaN without the PPC), the mAP of
-    single retrieval features and of eq. 15 without the part terms, which say what each branch contributes, and
-    the AUC of the relative cell norms of ``F_g`` and ``F_theta`` as person detectors (what eq. 3 reads)."""
+def test_outputs(
+    module: ICGModule, datamodule: SyntheticDataModule, truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """On the query and gallery images, whose true part cells are ``truth`` ``[N, h, w]``: the predicted part map
+    of every image (0 background, 1..K arg-max parts; without the PPC, 1 where ``P_f >= 0.5``), the visible parts
+    of each image (NaN without the PPC), the mAP of single retrieval features and of eq. 15 without the part terms,
+    which say what each branch contributes, and the AUC of the relative cell norms of ``F_g`` and ``F_theta`` as
+    person detectors (what eq. 3 reads)."""
     maps, visible, features, pids, camids, is_query = [], [], [], [], [], []
     norms: dict[str, list[torch.Tensor]] = {"norm_auc_attended": [], "norm_auc_backbone": []}
     module.eval()
     for batch in datamodule.test_dataloader():
         output = module(batch["image"].to(module.device))
         for key, feature_map in zip(norms, (output.feature_map, output.backbone_map), strict=True):
-            activation = torch.linalg.vector_norm(feature_map.float(), dim=1).cpu()
-            norms[key].append(activation / activation.flatten(1).amax(dim=1)[:, None, None])
+            norms[key].append(relative_activation(feature_map).cpu())
         features.append(to_reid_features(output))
         pids.append(batch["pid"])
         camids.append(batch["camid"])
@@ -147,11 +149,8 @@ def test_outputs(module: ICGModule, datamodule: SyntheticDataModule) -> tuple[np
         return ReIDFeatures(global_feat=features.global_feat, foreground=features.foreground, graph=features.graph)
 
     breakdown = {"mAP_global": mean_ap(query.global_feat, gallery.global_feat)}
-    paths = [record.path for record in datamodule.eval_records]
     for key, values in norms.items():
-        relative = torch.cat(values).numpy()
-        person = true_part_cells(paths, relative.shape[1:]) > 0
-        breakdown[key] = roc_auc(relative.ravel(), person.ravel())
+        breakdown[key] = roc_auc(torch.cat(values).numpy().ravel(), truth.ravel() > 0)
     if features.foreground is not None:
         breakdown["mAP_foreground"] = mean_ap(query.foreground, gallery.foreground)
     if features.parts is not None:
@@ -204,10 +203,11 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
     result = {"mAP": metrics["test/mAP"], "rank1": metrics["test/rank1"]}
     if variant.use_afm or variant.use_ppc:
-        predicted, visible, breakdown = test_outputs(module, datamodule)
-        result.update(breakdown)
         eval_paths = [record.path for record in datamodule.eval_records]
-        quality = label_quality(predicted, true_part_cells(eval_paths, predicted.shape[1:]))
+        truth = true_part_cells(eval_paths, module.net.backbone.output_size(args.image_size))
+        predicted, visible, breakdown = test_outputs(module, datamodule, truth)
+        result.update(breakdown)
+        quality = label_quality(predicted, truth)
         result.update(visible_parts=float(np.mean(visible)), test_fg_precision=quality["fg_precision"])
         if variant.use_ppc:
             result.update(test_purity=quality["purity"], test_order=quality["order"])

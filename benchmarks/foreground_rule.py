@@ -26,7 +26,7 @@ from truth import true_part_cells
 
 from icg import ICGModule
 from icg.data import SyntheticDataModule
-from icg.model import build_backbone
+from icg.model import build_backbone, relative_activation
 
 
 @torch.no_grad()
@@ -34,8 +34,7 @@ def relative_norms(feature_fn: Callable[[torch.Tensor], torch.Tensor], datamodul
     """``||F|| / max`` of every cell of the query and gallery images: ``[N, h, w]``."""
     norms = []
     for batch in datamodule.test_dataloader():
-        activation = torch.linalg.vector_norm(feature_fn(batch["image"]), dim=1)
-        norms.append(activation / activation.flatten(1).amax(dim=1)[:, None, None])
+        norms.append(relative_activation(feature_fn(batch["image"])))
     return torch.cat(norms).numpy()
 
 

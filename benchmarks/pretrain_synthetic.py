@@ -46,6 +46,7 @@ from truth import true_part_cells
 
 from icg import ICGModule, SyntheticDataModule
 from icg.files import atomic_write
+from icg.model import relative_activation
 from icg.module import cell_sources
 
 
@@ -65,8 +66,7 @@ class SalientBoT(ICGModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         output = self(batch["image"])
         loss, logs = self.criterion(output, batch["pid"])
-        norms = torch.linalg.vector_norm(output.feature_map.float(), dim=1)
-        relative = (norms / norms.flatten(1).amax(dim=1)[:, None, None]).clamp(1e-4, 1 - 1e-4)
+        relative = relative_activation(output.feature_map).clamp(1e-4, 1 - 1e-4)
         h, w = relative.shape[-2:]
         height, width = batch["source"].shape[-2:]
         valid, row, col = cell_sources(batch["source"], (h, w))

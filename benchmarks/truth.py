@@ -29,6 +29,13 @@ def true_part_cells(paths: Sequence[str], label_size: tuple[int, int]) -> np.nda
     return np.stack(cells)
 
 
+def label_counts(labels: np.ndarray, truth: np.ndarray, largest_label: int) -> np.ndarray:
+    """``int64 [max(largest_label, 1) + 1, NUM_TRUE_LABELS]``: cells of each label (row) on each true part."""
+    counts = np.zeros((max(largest_label, 1) + 1, NUM_TRUE_LABELS), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels, dtype=np.int64).ravel(), truth.ravel().astype(np.int64)), 1)
+    return counts
+
+
 def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """How well a part map (0 background, 1..K parts) matches the true masks, over all cells.
 
@@ -38,8 +45,7 @@ def label_quality(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     least two parts whose parts' mean rows increase with the part number (parts numbered top to bottom).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    counts = np.zeros((max(int(labels.max()), 1) + 1, NUM_TRUE_LABELS), dtype=np.int64)  # label x true part
-    np.add.at(counts, (labels.ravel(), truth.ravel().astype(np.int64)), 1)
+    counts = label_counts(labels, truth, int(labels.max()))
     on_person = counts[1:, 1:]
     return {
         "fg_share": counts[1:].sum() / counts.sum(),
@@ -54,13 +60,11 @@ def purity_within_identities(labels: np.ndarray, truth: np.ndarray, pids: Sequen
     """Part purity with each identity's labels scored on their own: label ``k`` may be a different body part
     for each identity. Against ``purity`` of :func:`label_quality` (one majority part per label over all images),
     it tells parts that are pure but numbered differently per identity from parts that mix body parts."""
-    labels = np.asarray(labels, dtype=np.int64)
-    pids = np.asarray(pids)
+    labels, pids = np.asarray(labels, dtype=np.int64), np.asarray(pids)
+    largest = int(labels.max())
     pure = on_person = 0
     for pid in np.unique(pids):
-        counts = np.zeros((max(int(labels.max()), 1) + 1, NUM_TRUE_LABELS), dtype=np.int64)
-        mine = pids == pid
-        np.add.at(counts, (labels[mine].ravel(), truth[mine].ravel().astype(np.int64)), 1)
+        counts = label_counts(labels[pids == pid], truth[pids == pid], largest)
         pure += counts[1:, 1:].max(axis=1).sum()
         on_person += counts[1:, 1:].sum()
     return pure / max(on_person, 1)

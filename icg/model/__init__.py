@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from icg.model.afm import FgThreshold, ForegroundHead, SpatialAttention, check_fg_threshold, foreground_target
+from icg.model.afm import (
+    FgThreshold,
+    ForegroundHead,
+    SpatialAttention,
+    check_fg_threshold,
+    foreground_target,
+    relative_activation,
+)
 from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone, weights_cache_path
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
@@ -25,6 +32,7 @@ __all__ = [
     "check_fg_threshold",
     "foreground_target",
     "part_visibility",
+    "relative_activation",
     "to_reid_features",
     "weighted_mean_pool",
     "weights_cache_path",

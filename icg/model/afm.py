@@ -49,6 +49,7 @@ __all__ = [
     "check_fg_threshold",
     "foreground_target",
     "otsu_thresholds",
+    "relative_activation",
 ]
 
 
@@ -116,13 +117,27 @@ FgThreshold = float | str
 """A foreground rule: a share of the image's largest activation in ``[0, 1]`` (eq. 3), or ``"otsu"``."""
 
 
-def check_fg_threshold(threshold: FgThreshold, owner: str) -> FgThreshold:
-    """``threshold`` if it is a valid foreground rule, else a ``ValueError`` that names ``owner``."""
+def check_fg_threshold(threshold: FgThreshold, owner: str) -> None:
+    """A ``ValueError`` that names ``owner`` unless ``threshold`` is a valid foreground rule."""
     if threshold == "otsu" or (
         isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0
     ):
-        return threshold
+        return
     raise ValueError(f"{owner}: fg_threshold must be in [0, 1] or 'otsu', got {threshold!r}")
+
+
+def relative_activation(feature_map: Tensor) -> Tensor:
+    """The activation of eq. 3: per image, ``||F(x, y)||_2`` divided by its maximum over the image.
+
+    Args:
+        feature_map: ``[B, C, h, w]`` (not detached here: detach it for a target).
+
+    Returns:
+        float32 ``[B, h, w]`` in ``[0, 1]``; an all-zero image gives zeros.
+    """
+    activation = torch.linalg.vector_norm(feature_map.float(), dim=1)
+    peak = activation.flatten(1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    return activation / peak[:, None, None]
 
 
 def otsu_thresholds(values: Tensor) -> Tensor:
@@ -164,9 +179,7 @@ def foreground_target(feature_map: Tensor, threshold: FgThreshold = 0.5) -> Tens
     if feature_map.dim() != 4:
         raise ValueError(f"feature_map must be [B, C, h, w], got shape {tuple(feature_map.shape)}")
     check_fg_threshold(threshold, "foreground_target")
-    activation = torch.linalg.vector_norm(feature_map.detach().float(), dim=1)
-    peak = activation.flatten(1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-    relative = activation / peak[:, None, None]
+    relative = relative_activation(feature_map.detach())
     if threshold == "otsu":
         if relative[0].numel() < 2:
             return torch.ones_like(relative, dtype=torch.long)

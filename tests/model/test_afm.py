@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target, otsu_thresholds
+from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target, otsu_thresholds, relative_activation
 
 
 def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -73,6 +73,8 @@ def test_foreground_target_hand_case() -> None:
     image = cells.T.reshape(2, 2, 2)
     # The second image is the first scaled by 100 and the third is all zero: the max is per image.
     feature_map = torch.stack([image, 100 * image, torch.zeros_like(image)])
+    relative = torch.tensor([[0.5, 0.1], [0.25, 1.0]])
+    torch.testing.assert_close(relative_activation(feature_map), torch.stack([relative, relative, 0 * relative]))
     target = foreground_target(feature_map)
     assert target.dtype == torch.long
     expected = torch.tensor([[[1, 0], [0, 1]], [[1, 0], [0, 1]], [[0, 0], [0, 0]]])
