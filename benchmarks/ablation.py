@@ -50,6 +50,8 @@ class Variant:
     foreground_from_parts: bool = True
     true_parts: bool = False  # train on the generator's part masks instead of K-means labels
     fg_threshold: float | str | None = None  # the foreground rule; None: --fg-threshold
+    fg_signal: str = "activation"  # or "identity": what recurs in an identity's images (icg.model.identity_contrast)
+    part_assignment: str = "argmax"  # or "foreground": background against the union of the parts first (eq. 8)
 
 
 RUNS = {
@@ -60,6 +62,8 @@ RUNS = {
     **{f"ICG-K{k}": Variant(num_parts=k) for k in range(3, 8)},
     "ICG-K6-eq16": Variant(foreground_from_parts=False),  # P_f from the AFM's own head instead of 1 - P_0
     "ICG-K6-otsu": Variant(fg_threshold="otsu"),  # eq. 3 with Otsu's per-image threshold instead of 0.5
+    # from scratch, where the norms mark the background: the foreground from the identity contrast
+    "ICG-K6-identity": Variant(fg_threshold="otsu", fg_signal="identity", part_assignment="foreground"),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 TABLES = {
@@ -116,7 +120,7 @@ def test_outputs(
     module: ICGModule, datamodule: SyntheticDataModule, truth: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """On the query and gallery images, whose true part cells are ``truth`` ``[N, h, w]``: the predicted part map
-    of every image (0 background, 1..K arg-max parts; without the PPC, 1 where ``P_f >= 0.5``), the visible parts
+    of every image (0 background, 1..K the assigned parts; without the PPC, 1 where ``P_f >= 0.5``), the visible parts
     of each image (NaN without the PPC), the mAP of single retrieval features and of eq. 15 without the part terms,
     which say what each branch contributes, and the AUC of the relative cell norms of ``F_g`` and ``F_theta`` as
     person detectors (what eq. 3 reads)."""
@@ -132,7 +136,7 @@ def test_outputs(
         camids.append(batch["camid"])
         is_query.append(batch["is_query"])
         if output.part_logits is not None:
-            maps.append(output.part_logits.argmax(dim=1))
+            maps.append(output.part_map)
             visible.append(output.visibility.float().sum(dim=1))
         else:
             maps.append((output.fg_logits.softmax(dim=1)[:, 1] >= 0.5).long())
@@ -191,6 +195,8 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         use_ppc=variant.use_ppc,
         use_fsg=variant.use_fsg,
         foreground_from_parts=variant.foreground_from_parts,
+        fg_signal=variant.fg_signal,
+        part_assignment=variant.part_assignment,
         **{**recipe, **args.model_args},
     )
     labels = TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2)
@@ -278,9 +284,11 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
         "(`head_lr_factor`); *scratch*: from random weights, lr 1e-3 for every layer.",
         "",
         "Columns after Rank-1, against the generator's true part masks at the feature cells: on the test images, "
-        "the parts the model predicts (a part is visible when it is the arg-max of some cell; foreground = not "
-        "background), their precision on the person, their purity (share of part cells whose true body part is "
-        "the majority one of their part) and the share of images whose parts are ordered top to bottom; on the "
+        "the parts the model predicts (a part is visible when some cell is assigned to it: the arg-max, or for "
+        '`part_assignment="foreground"` the best part where the union of the parts beats the background; '
+        "foreground = not background), their precision on the person, their purity (share of part cells whose "
+        "true body part is the majority one of their part) and the share of images whose parts are ordered top "
+        "to bottom; on the "
         "training images, the pseudo-labels of the last clustering (their purity also per identity, where a label "
         "may name a different body part for each identity); the mean distance of the learned FSG adjacency from "
         "its initial 0.5. The AUCs: how well the relative cell norm ``||F|| / max``, what eq. 3 thresholds, ranks "

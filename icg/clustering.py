@@ -3,9 +3,12 @@
 For every training identity, the foreground cells of the feature maps of *all* its training images (no
 augmentation, model in eval mode) are L2-normalised and clustered into ``K`` clusters; the clusters are
 numbered ``1..K`` from top to bottom by the mean row of their cells, background cells are ``0``. The pass reads
-``F_g``, the map after the attention, with the rule of the training step's foreground target: a cell is
-foreground when its norm is at least ``fg_threshold`` of the image's largest
-(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. The labels go
+``F_g``, the map after the attention, with the rule of the training step's foreground target: by default a cell
+is foreground when its norm is at least ``fg_threshold`` of the image's largest
+(:func:`icg.model.foreground_target`), so that the labels and the target agree on what the person is. With the
+module's ``fg_signal="identity"`` the foreground is instead what recurs in the identity's other images and not
+in other people's (:func:`icg.model.identity_contrast`), and the training step takes its target from these
+labels. The labels go
 into the module's :class:`~icg.part_labels.PartLabels` (``uint8 [N, h, w]`` maps and ``bool [N]`` flags), where
 the training step reads them.
 
@@ -54,7 +57,15 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from icg.contracts import ClusteringData, LabeledModel, require
-from icg.model import FgThreshold, check_fg_threshold, foreground_target
+from icg.model import (
+    FgSignal,
+    FgThreshold,
+    check_fg_signal,
+    check_fg_threshold,
+    foreground_target,
+    identity_contrast,
+    split_foreground,
+)
 
 __all__ = [
     "ClusteringResult",
@@ -256,14 +267,19 @@ class ClusteringResult:
 
 @dataclass
 class _Identity:
-    """What the streaming pass keeps of the identity it is reading: its rows, masks and foreground features."""
+    """What the streaming pass keeps of the identity it is reading: its rows, and per image the unit features of
+    every cell ``[h * w, C]`` and, under the activation rule, the foreground mask ``[h, w]``."""
 
     ordinal: int
     pid: int
     rows: list[int] = field(default_factory=list)
+    cells: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
-    features: list[Tensor] = field(default_factory=list)
-    cells: int = 0
+
+
+def _unit_cells(feature_map: Tensor) -> Tensor:
+    """``[B, C, h, w] -> [B, h * w, C]``, every cell L2-normalised (float32)."""
+    return F.normalize(feature_map.float().flatten(2).transpose(1, 2), dim=2)
 
 
 def cluster_part_labels(
@@ -274,6 +290,8 @@ def cluster_part_labels(
     *,
     label_size: tuple[int, int],
     fg_threshold: FgThreshold = 0.5,
+    fg_signal: FgSignal = "activation",
+    reference_images: int = 64,
     niter: int = 20,
     seed: int = 0,
     batch_size: int = 64,
@@ -295,8 +313,13 @@ def cluster_part_labels(
         pids: identity of each item (``len(dataset)`` of them).
         num_parts: ``K``.
         label_size: ``(h, w)`` of the feature maps and labels.
-        fg_threshold: a cell is foreground when its norm is at least this share of the image's largest, or
-            ``"otsu"`` (:func:`icg.model.foreground_target`).
+        fg_threshold: how each image's foreground scores (in ``[0, 1]``, the largest 1) are split: a share, or
+            ``"otsu"`` (:func:`icg.model.split_foreground`).
+        fg_signal: the foreground score of a cell: ``"activation"``, its norm over the image's largest (eq. 3,
+            :func:`icg.model.foreground_target`); ``"identity"``, :func:`icg.model.identity_contrast` against
+            ``reference_images`` images spread over the training set, rescaled per image to ``[0, 1]``
+            (identities with a single image are left unlabeled).
+        reference_images: see ``fg_signal``.
         niter: K-means iterations (of the default back-end; a given ``kmeans`` has its own).
         seed: fixed seed (>= 0) of the K-means seeding; identity ``j`` of the sorted ids draws from ``(seed, j)``.
         batch_size, num_workers: of the DataLoader of the pass.
@@ -314,6 +337,9 @@ def cluster_part_labels(
     if num_parts < 1:
         raise ValueError(f"cluster_part_labels: num_parts must be >= 1, got {num_parts}")
     check_fg_threshold(fg_threshold, "cluster_part_labels")
+    check_fg_signal(fg_signal, "cluster_part_labels")
+    if reference_images < 1:
+        raise ValueError(f"cluster_part_labels: reference_images must be >= 1, got {reference_images}")
     if seed < 0:
         raise ValueError(f"cluster_part_labels: seed must be >= 0, got {seed}")
     if batch_size < 1:
@@ -340,56 +366,77 @@ def cluster_part_labels(
             rows_of[int(pid)].append(row)
     order = [row for rows in rows_of.values() for row in rows]
 
-    def finish(identity: _Identity) -> None:
-        if identity.cells < num_parts:
-            result.skipped_identities += 1
-            return
-        points = np.concatenate([chunk.numpy() for chunk in identity.features])
-        rng = np.random.default_rng((seed, identity.ordinal))
-        assignment = kmeans.fit_predict(points, rng=rng)
-        cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks]).numpy()
-        parts = torch.from_numpy(parts_top_to_bottom(assignment, cell_rows, num_parts)[assignment])
-        result.part_cells += torch.bincount(parts - 1, minlength=num_parts)
-        for row, mask, cell_parts in zip(
-            identity.rows, identity.masks, parts.split([int(m.sum()) for m in identity.masks])
-        ):
-            result.labels[row][mask] = cell_parts.to(torch.uint8)
-            result.labeled[row] = True
-        result.clustered_identities += 1
+    def loader(rows: Sequence[int]) -> DataLoader:
+        return DataLoader(
+            Subset(dataset, rows),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
 
-    loader = DataLoader(
-        Subset(dataset, order),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         autocast = torch.autocast("cuda", dtype=dtype)
     else:
         autocast = torch.autocast(device.type, enabled=False)
+
+    def feature_maps(batch: Any) -> Tensor:
+        if not isinstance(batch, dict) or "image" not in batch:
+            raise TypeError("cluster_part_labels: dataset items must be dicts with an 'image' tensor")
+        with torch.no_grad(), autocast:
+            feature_map = feature_fn(batch["image"].to(device, non_blocking=True))
+        if feature_map.dim() != 4 or tuple(feature_map.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"cluster_part_labels: feature_fn gave shape {tuple(feature_map.shape)}, expected "
+                f"[B, C, {height}, {width}] (label_size)"
+            )
+        return feature_map.float()
+
+    if fg_signal == "identity":
+        # the same images for every rank and every identity: spread evenly over the training set
+        reference_rows = np.unique(np.linspace(0, len(dataset) - 1, min(reference_images, len(dataset))).round())
+        reference_rows = reference_rows.astype(np.int64).tolist()
+        reference_cells = torch.cat([_unit_cells(feature_maps(batch)) for batch in loader(reference_rows)])
+        reference_pids = torch.tensor([int(pids[row]) for row in reference_rows], device=device)
+
+    def identity_masks(identity: _Identity) -> list[Tensor]:
+        others = reference_pids != identity.pid
+        if len(identity.cells) < 2 or not bool(others.any()):
+            return [torch.zeros(height, width, dtype=torch.bool) for _ in identity.cells]
+        score = identity_contrast(torch.stack(identity.cells).to(device), reference_cells[others])
+        low, high = score.amin(dim=1, keepdim=True), score.amax(dim=1, keepdim=True)
+        relative = (score - low) / (high - low).clamp_min(torch.finfo(torch.float32).eps)
+        return list(split_foreground(relative.view(-1, height, width), fg_threshold).bool().cpu())
+
+    def finish(identity: _Identity) -> None:
+        masks = identity_masks(identity) if fg_signal == "identity" else identity.masks
+        counts = [int(mask.sum()) for mask in masks]
+        result.foreground_cells += sum(counts)
+        if sum(counts) < num_parts:
+            result.skipped_identities += 1
+            return
+        points = torch.cat([cells[mask.flatten()] for cells, mask in zip(identity.cells, masks)]).numpy()
+        rng = np.random.default_rng((seed, identity.ordinal))
+        assignment = kmeans.fit_predict(points, rng=rng)
+        cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in masks]).numpy()
+        parts = torch.from_numpy(parts_top_to_bottom(assignment, cell_rows, num_parts)[assignment])
+        result.part_cells += torch.bincount(parts - 1, minlength=num_parts)
+        for row, mask, cell_parts in zip(identity.rows, masks, parts.split(counts)):
+            result.labels[row][mask] = cell_parts.to(torch.uint8)
+            result.labeled[row] = True
+        result.clustered_identities += 1
+
     current: _Identity | None = None
     position = 0
     with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader:
-            if not isinstance(batch, dict) or "image" not in batch:
-                raise TypeError("cluster_part_labels: dataset items must be dicts with an 'image' tensor")
-            with torch.no_grad(), autocast:
-                feature_map = feature_fn(batch["image"].to(device, non_blocking=True))
-            feature_map = feature_map.float()
-            if feature_map.dim() != 4 or tuple(feature_map.shape[-2:]) != (height, width):
-                raise ValueError(
-                    f"cluster_part_labels: feature_fn gave shape {tuple(feature_map.shape)}, expected "
-                    f"[B, C, {height}, {width}] (label_size)"
-                )
-            foreground = foreground_target(feature_map, fg_threshold).bool()
-            features = F.normalize(feature_map.permute(0, 2, 3, 1)[foreground], dim=1).cpu()
-            foreground = foreground.cpu()
-            counts = foreground.flatten(1).sum(1)
-            result.foreground_cells += int(counts.sum())
-            result.total_cells += foreground.numel()
-            for mask, image_features in zip(foreground, features.split(counts.tolist())):
+        for batch in loader(order):
+            feature_map = feature_maps(batch)
+            cells = _unit_cells(feature_map).cpu()
+            if fg_signal == "activation":
+                masks = foreground_target(feature_map, fg_threshold).bool().cpu()
+            result.total_cells += cells.shape[0] * cells.shape[1]
+            for i, image_cells in enumerate(cells):
                 row = order[position]
                 position += 1
                 pid = int(pids[row])
@@ -398,10 +445,10 @@ def cluster_part_labels(
                         finish(current)
                     current = _Identity(ordinal[pid], pid)
                 current.rows.append(row)
-                current.masks.append(mask)
-                current.features.append(image_features)
-                current.cells += len(image_features)
-            bar.update(len(foreground))
+                current.cells.append(image_cells)
+                if fg_signal == "activation":
+                    current.masks.append(masks[i])
+            bar.update(len(cells))
     if current is not None:
         finish(current)
     result.seconds = time.perf_counter() - started
@@ -421,7 +468,10 @@ class PartClustering(Callback):
         every_n_epochs: ``n``, epochs between clusterings (the paper: 1; its appendix also uses 2).
         niter: K-means iterations.
         seed: fixed seed of the K-means seeding.
-        fg_threshold: foreground threshold (a share, or ``"otsu"``); default the module's ``fg_threshold``.
+        fg_threshold: foreground threshold (a share, or ``"otsu"``); default the module's ``fg_threshold``. The
+            foreground signal is always the module's ``fg_signal``, which its training target follows.
+        reference_images: other people's images that the ``"identity"`` signal compares each identity's cells with
+            (:func:`cluster_part_labels`).
         batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
         num_workers: loader processes; default the datamodule's ``num_workers``.
 
@@ -435,6 +485,7 @@ class PartClustering(Callback):
         niter: int = 20,
         seed: int = 0,
         fg_threshold: FgThreshold | None = None,
+        reference_images: int = 64,
         batch_size: int = 128,
         num_workers: int | None = None,
     ) -> None:
@@ -446,6 +497,8 @@ class PartClustering(Callback):
             raise ValueError(f"PartClustering: seed must be >= 0, got {seed}")
         if fg_threshold is not None:
             check_fg_threshold(fg_threshold, "PartClustering")
+        if reference_images < 1:
+            raise ValueError(f"PartClustering: reference_images must be >= 1, got {reference_images}")
         if batch_size < 1:
             raise ValueError(f"PartClustering: batch_size must be >= 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:
@@ -454,6 +507,7 @@ class PartClustering(Callback):
         self.niter = niter
         self.seed = seed
         self.fg_threshold = fg_threshold
+        self.reference_images = reference_images
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.last_clustered_epoch: int | None = None
@@ -530,6 +584,8 @@ class PartClustering(Callback):
                 num_parts,
                 label_size=part_labels.size,
                 fg_threshold=fg_threshold,
+                fg_signal=module.fg_signal,
+                reference_images=self.reference_images,
                 niter=self.niter,
                 seed=self.seed,
                 batch_size=self.batch_size,

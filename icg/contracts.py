@@ -27,6 +27,7 @@ class LabeledModel(Protocol):
 
     part_labels: PartLabels
     fg_threshold: float | str
+    fg_signal: str
     device: torch.device
 
     def feature_maps(self, images: Tensor) -> Tensor:

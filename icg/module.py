@@ -44,7 +44,17 @@ from icg.divergence import DivergenceGuard, check_finite_features
 from icg.features import ReIDFeatures
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
-from icg.model import FgThreshold, ICGNet, ICGOutput, check_fg_threshold, foreground_target, to_reid_features
+from icg.model import (
+    FgSignal,
+    FgThreshold,
+    ICGNet,
+    ICGOutput,
+    PartAssignment,
+    check_fg_signal,
+    check_fg_threshold,
+    foreground_target,
+    to_reid_features,
+)
 from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.part_labels import IGNORE_INDEX, PartLabels, cell_sources
 
@@ -80,13 +90,23 @@ class ICGModule(LightningModule):
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
         foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
             (eq. 8-9); otherwise the AFM's own head (eq. 16). See :mod:`icg.model.network`.
+        part_assignment: ``"argmax"`` (the paper: a cell's part is its arg-max over background and the K parts) or
+            ``"foreground"`` (background against the union of the parts first, eq. 8); it decides which parts are
+            visible (:func:`~icg.model.ppc.assign_parts`).
         pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
         attention_kernel: kernel size of the AFM's spatial attention.
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
         fg_threshold: a cell is foreground when the norm of its ``F_g`` is at least this share of the image's
             largest (eq. 3; the same rule in the clustering); ``"otsu"``: the share is chosen per image by Otsu's
-            method (:func:`~icg.model.afm.foreground_target`).
+            method (:func:`~icg.model.afm.foreground_target`). With ``fg_signal="identity"`` it splits the identity
+            contrast instead.
+        fg_signal: what the foreground is read from. ``"activation"`` (the paper, eq. 3): the norms of ``F_g``,
+            thresholded online for every batch and in the clustering. ``"identity"``: what recurs in an identity's
+            images and not in other people's (:func:`~icg.model.afm.identity_contrast`), decided by the clustering
+            (needs ``use_ppc``); ``L_sep``'s target is then the pseudo-labels' foreground, and images without
+            labels are not scored. For training from scratch, where the norms are larger on the background; see
+            ``docs/DECISIONS.md``.
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
         center_weight, margin, label_smoothing: BoT's per-branch loss settings.
         lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
@@ -119,11 +139,13 @@ class ICGModule(LightningModule):
         use_ppc: bool = True,
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
+        part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
         fg_threshold: FgThreshold = 0.5,
+        fg_signal: FgSignal = "activation",
         feat_weight: float = 0.2,
         sep_weight: float = 0.1,
         par_weight: float = 0.1,
@@ -144,6 +166,11 @@ class ICGModule(LightningModule):
     ) -> None:
         super().__init__()
         check_fg_threshold(fg_threshold, "ICGModule")
+        check_fg_signal(fg_signal, "ICGModule")
+        if fg_signal == "identity" and not use_ppc:
+            raise ValueError(
+                "ICGModule: fg_signal='identity' needs use_ppc=True: the part clustering decides the foreground"
+            )
         weights = resolve_weights(weights, pretrained)
         if isinstance(weights, os.PathLike):  # hyperparameters hold plain values, which weights_only loads read
             weights = os.fspath(weights)
@@ -164,6 +191,7 @@ class ICGModule(LightningModule):
             use_ppc=use_ppc,
             use_fsg=use_fsg,
             foreground_from_parts=foreground_from_parts,
+            part_assignment=part_assignment,
             pixel_logit_scale=pixel_logit_scale,
             attention_kernel=attention_kernel,
             gcn_layers=gcn_layers,
@@ -212,12 +240,22 @@ class ICGModule(LightningModule):
     def pixel_targets(self, output: ICGOutput, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Targets of ``L_sep`` and ``L_par`` for a training batch (``None`` for a module that is off).
 
-        The foreground target is the feature-norm rule (eq. 3) applied to the batch's ``F_g``; the part target is
-        read from the pseudo-labels through the source map (:meth:`icg.part_labels.PartLabels.targets`). Both are
-        ``[B, h, w]`` long with ``IGNORE_INDEX`` where a cell shows padding or an erased box.
+        The part target is read from the pseudo-labels through the source map
+        (:meth:`icg.part_labels.PartLabels.targets`). The foreground target is, with ``fg_signal="activation"``,
+        the feature-norm rule (eq. 3) applied to the batch's ``F_g``; with ``"identity"``, the pseudo-labels'
+        foreground, and images not clustered are ignored by both losses. Both are ``[B, h, w]`` long with
+        ``IGNORE_INDEX`` where a cell shows padding or an erased box.
         """
         if not (self.net.use_afm or self.net.use_ppc):
             return None, None
+        if self.fg_signal == "identity":
+            zeros = output.feature_map.new_zeros(output.feature_map.shape[:1] + output.feature_map.shape[2:])
+            part_target = self.part_labels.targets(batch["index"], batch["source"], zeros.long())
+            part_target[~self.part_labels.labeled[batch["index"]]] = IGNORE_INDEX
+            fg_target = None
+            if self.net.use_afm:
+                fg_target = torch.where(part_target == IGNORE_INDEX, IGNORE_INDEX, (part_target > 0).long())
+            return fg_target, part_target
         foreground = foreground_target(output.feature_map, self.fg_threshold)
         fg_target = part_target = None
         if self.net.use_afm:
@@ -248,7 +286,7 @@ class ICGModule(LightningModule):
             self._epoch_visible_parts = self._epoch_visible_parts.to(visible.device) + visible.sum()
             log_prob = output.part_logits.float().log_softmax(dim=1)
             scored = part_target != IGNORE_INDEX
-            correct = (output.part_logits.argmax(dim=1) == part_target) & scored
+            correct = (output.part_map == part_target) & scored
             signals["train/visible_parts"] = visible.mean()
             signals["train/part_entropy"] = -(log_prob.exp() * log_prob).sum(dim=1).mean()
             signals["train/part_accuracy"] = correct.sum() / scored.sum().clamp_min(1)
@@ -288,6 +326,12 @@ class ICGModule(LightningModule):
         """The foreground rule's threshold (eq. 3), shared by the training target and the part clustering."""
         threshold = self.hparams.fg_threshold
         return threshold if threshold == "otsu" else float(threshold)
+
+    @property
+    def fg_signal(self) -> FgSignal:
+        """What the foreground is read from (``"activation"``, eq. 3, or ``"identity"``); checkpoints from before
+        the option read ``"activation"``."""
+        return self.hparams.get("fg_signal", "activation")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the part labels' buffers before PartLabels owned them

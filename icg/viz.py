@@ -78,19 +78,19 @@ def part_maps(
     *,
     num_parts: int,
     pseudo_labels: Tensor | None = None,
-    part_logits: Tensor | None = None,
+    predicted_parts: Tensor | None = None,
     foreground: Tensor | None = None,
     attention: Tensor | None = None,
     min_width: int = 128,
 ) -> Tensor:
-    """One row per image, with column titles and a colour key: image | pseudo-labels | predicted parts (arg-max)
+    """One row per image, with column titles and a colour key: image | pseudo-labels | predicted parts
     | foreground probability | spatial attention. Columns whose input is ``None`` are left out.
 
     Args:
         images: ``[B, 3, H, W]``, normalised float or uint8.
         num_parts: K.
         pseudo_labels: ``[B, h, w]`` clustering labels (0 background, 1..K top to bottom).
-        part_logits: ``[B, K + 1, h, w]`` the part classifier's output.
+        predicted_parts: ``[B, h, w]`` the part of every cell (``ICGOutput.part_map``, 0 background).
         foreground: ``[B, h, w]`` foreground probability ``P_f`` in [0, 1].
         attention: ``[B, h, w]`` the AFM's spatial attention ``S_A``, scaled to [0, 1].
         min_width: tiles narrower than this are enlarged by a whole factor (nearest), so that small inputs
@@ -105,8 +105,8 @@ def part_maps(
     if pseudo_labels is not None:
         overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, pseudo_labels)]
         columns.append(("pseudo-labels", torch.stack(overlays)))
-    if part_logits is not None:
-        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, part_logits.argmax(1))]
+    if predicted_parts is not None:
+        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, predicted_parts)]
         columns.append(("predicted parts", torch.stack(overlays)))
     if foreground is not None:
         columns.append(("foreground P_f", _heat(foreground, size)))
@@ -137,7 +137,7 @@ def part_maps(
         return y + 40
 
     strips = [_strip(grid.shape[-1], 22, titles), grid]
-    if pseudo_labels is not None or part_logits is not None:
+    if pseudo_labels is not None or predicted_parts is not None:
         strips.append(_strip(grid.shape[-1], 400, key))
     return torch.cat(strips, dim=1)
 
@@ -282,7 +282,7 @@ class VisualizationCallback(Callback):
             images,
             num_parts=num_parts,
             pseudo_labels=labels,
-            part_logits=output.part_logits,
+            predicted_parts=output.part_map,
             foreground=fg,
             attention=attention,
         )

@@ -82,6 +82,7 @@ class FakeModule(LightningModule):
     """The surface :class:`PartClustering` needs (:class:`icg.contracts.LabeledModel`)."""
 
     fg_threshold = 0.5
+    fg_signal = "activation"
 
     def __init__(self, num_rows: int, label_size: tuple[int, int], num_parts: int = 3) -> None:
         super().__init__()
@@ -229,6 +230,52 @@ def test_too_few_foreground_cells_leaves_rows_unlabeled_and_warns_once(caplog: p
     assert len(records) == 1 and "2 of 3 identities" in records[0].getMessage()
     # the pass ran in eval mode and gave the module its mode back
     assert module.modes and not any(module.modes) and module.training
+
+
+def person_on_backdrop_maps(pids: list[int], *, height: int = 12, width: int = 4) -> tuple[list[Tensor], list[Tensor]]:
+    """Feature maps of people in three bands of their own directions (channels ``3p .. 3p + 2`` for identity
+    ``p``), in a box that moves between images, over a backdrop that every image shares (channel ``3 * #ids``)
+    and whose norm (3) is three times the person's: eq. 3 finds the backdrop, the identity contrast the person.
+
+    Returns:
+        maps ``[C, h, w]`` and the expected labels ``[h, w]`` (bands 1, 2, 3 top to bottom, 0 backdrop).
+    """
+    rng = np.random.default_rng(0)
+    backdrop = 3 * len(set(pids))
+    maps, expected = [], []
+    for pid in pids:
+        fmap = 0.02 * torch.from_numpy(rng.standard_normal((backdrop + 1, height, width))).float()
+        fmap[backdrop] += 3.0
+        labels = torch.zeros(height, width, dtype=torch.uint8)
+        top, left = int(rng.integers(0, 3)), int(rng.integers(0, 2))
+        for part in range(3):
+            rows = slice(top + 3 * part, top + 3 * part + 3)
+            fmap[:, rows, left : left + 2] = 0.02 * torch.randn(backdrop + 1, 3, 2)
+            fmap[3 * pid + part, rows, left : left + 2] += 1.0
+            labels[rows, left : left + 2] = part + 1
+        maps.append(fmap)
+        expected.append(labels)
+    return maps, expected
+
+
+def test_identity_signal_labels_the_person_where_the_norms_label_the_backdrop() -> None:
+    pids = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]  # identity 3 has a single image: it cannot be compared, left unlabeled
+    maps, expected = person_on_backdrop_maps(pids)
+    dataset = MapDataset(maps)
+    result = cluster_part_labels(
+        identity, dataset, pids, 3, label_size=(12, 4), fg_signal="identity", fg_threshold="otsu", batch_size=4
+    )
+    assert torch.equal(result.labels[:9], torch.stack(expected[:9]))
+    assert result.labeled.tolist() == [True] * 9 + [False]
+    assert result.clustered_identities == 3 and result.skipped_identities == 1
+    assert result.foreground_cells == 9 * 18
+    # the paper's rule on the same maps marks the backdrop, whose norms are the larger
+    by_norm = cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), fg_threshold="otsu")
+    assert not (by_norm.labels[:9] > 0)[torch.stack(expected[:9]) > 0].any()
+    with pytest.raises(ValueError, match="fg_signal"):
+        cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), fg_signal="norm")
+    with pytest.raises(ValueError, match="reference_images"):
+        cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), reference_images=0)
 
 
 def test_bad_inputs_name_the_argument() -> None:
@@ -402,6 +449,7 @@ def test_callback_does_nothing_for_a_model_without_parts() -> None:
 def test_a_module_without_part_labels_is_named() -> None:
     class Plain(LightningModule):
         fg_threshold = 0.5
+        fg_signal = "activation"
 
         def feature_maps(self, images: Tensor) -> Tensor:
             return images

@@ -44,6 +44,36 @@ def test_fg_threshold_is_a_share_or_otsu() -> None:
             ICGModule(**tiny, fg_threshold=wrong)
 
 
+def test_identity_signal_takes_the_foreground_target_from_the_pseudo_labels() -> None:
+    module = ICGModule(
+        num_classes=4, num_train_samples=3, image_size=(H, W), backbone="resnet18", weights=None, fg_signal="identity"
+    )
+    labels = torch.zeros(3, 4, 2, dtype=torch.uint8)
+    labels[0, 1:3, 1] = torch.tensor([1, 2])  # row 0: two part cells
+    module.part_labels.assign(labels, torch.tensor([True, False, True]))  # row 1 not clustered
+    source = _identity_source().expand(3, -1, -1).clone()
+    source[2, 0:16, 0:16] = -1  # an erased box over cell (0, 0) of the third image
+    batch = {"image": torch.randn(3, 3, H, W), "source": source, "index": torch.tensor([0, 1, 2])}
+    with torch.no_grad():
+        output = module.eval()(batch["image"])
+    fg_target, part_target = module.pixel_targets(output, batch)
+    expected_parts = labels.long()
+    expected_parts[1] = IGNORE_INDEX  # no labels: neither loss scores the image, whatever its norms say
+    expected_parts[2, 0, 0] = IGNORE_INDEX
+    assert torch.equal(part_target, expected_parts)
+    expected_fg = torch.where(expected_parts == IGNORE_INDEX, IGNORE_INDEX, (expected_parts > 0).long())
+    assert torch.equal(fg_target, expected_fg)
+
+
+def test_fg_signal_is_checked() -> None:
+    tiny = dict(num_classes=4, image_size=(H, W), backbone="resnet18", weights=None)
+    with pytest.raises(ValueError, match="needs use_ppc=True"):
+        ICGModule(**tiny, use_ppc=False, use_fsg=False, fg_signal="identity")
+    with pytest.raises(ValueError, match="ICGModule: fg_signal"):
+        ICGModule(**tiny, num_train_samples=2, fg_signal="norm")
+    assert ICGModule(**tiny, num_train_samples=2).fg_signal == "activation"
+
+
 @pytest.mark.parametrize("foreground_from_parts", [True, False])
 def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool) -> None:
     # L_sep alone trains the attention and the foreground classifier over a frozen random trunk, on images with a

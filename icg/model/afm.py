@@ -30,11 +30,18 @@ person above background (AUC 0.73; development population, 256x128). ``threshold
 relative norms where the between-group variance is largest (Otsu 1979): it follows the contrast, whatever the
 level; on the same population it kept the pseudo-foreground at 26% of the cells (58% precision) and the predicted
 one at 78% precision. From scratch it is worse: see ``docs/DECISIONS.md`` and ``benchmarks/RESULTS-256x128.md``.
+
+Another signal, for training from scratch. A network trained from random weights on synthetic pedestrians has
+*larger* norms on the background (AUC 0.1-0.3 as a person detector), so no threshold of eq. 3 finds the person.
+:func:`identity_contrast` reads the cells' directions instead: the person is what an identity's images share and
+other people's images do not. It needs several images and other identities, so the part clustering computes it
+(``fg_signal="identity"``) and the training step takes ``L_sep``'s target from the pseudo-labels.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +50,17 @@ from torch import Tensor, nn
 from icg.model.ppc import PixelPartClassifier
 
 __all__ = [
+    "FgSignal",
     "FgThreshold",
     "ForegroundHead",
     "SpatialAttention",
+    "check_fg_signal",
     "check_fg_threshold",
     "foreground_target",
+    "identity_contrast",
     "otsu_thresholds",
     "relative_activation",
+    "split_foreground",
 ]
 
 
@@ -126,6 +137,16 @@ def check_fg_threshold(threshold: FgThreshold, owner: str) -> None:
     raise ValueError(f"{owner}: fg_threshold must be in [0, 1] or 'otsu', got {threshold!r}")
 
 
+FgSignal = Literal["activation", "identity"]
+"""What a cell's foreground score is: its activation (eq. 3) or its identity contrast (:func:`identity_contrast`)."""
+
+
+def check_fg_signal(signal: FgSignal, owner: str) -> None:
+    """A ``ValueError`` that names ``owner`` unless ``signal`` is ``"activation"`` or ``"identity"``."""
+    if signal not in ("activation", "identity"):
+        raise ValueError(f"{owner}: fg_signal must be 'activation' or 'identity', got {signal!r}")
+
+
 def relative_activation(feature_map: Tensor) -> Tensor:
     """The activation of eq. 3: per image, ``||F(x, y)||_2`` divided by its maximum over the image.
 
@@ -159,6 +180,27 @@ def otsu_thresholds(values: Tensor) -> Tensor:
     return ordered.gather(1, between.argmax(dim=1, keepdim=True) + 1)[:, 0]
 
 
+def split_foreground(relative: Tensor, threshold: FgThreshold = 0.5) -> Tensor:
+    """Foreground (1) and background (0) of every cell from a per-image score in ``[0, 1]``: the cells at or above
+    ``threshold``, or with ``threshold="otsu"`` the upper group of Otsu's split of the image's scores.
+
+    Args:
+        relative: ``[B, h, w]`` scores, each image's largest 1 (:func:`relative_activation`,
+            :func:`identity_contrast` rescaled).
+        threshold: in ``[0, 1]``, or ``"otsu"``.
+
+    Returns:
+        ``LongTensor [B, h, w]`` of 0 / 1. An image of equal scores is all foreground (all background for a fixed
+        threshold above its scores).
+    """
+    check_fg_threshold(threshold, "split_foreground")
+    if threshold == "otsu":
+        if relative[0].numel() < 2:
+            return torch.ones_like(relative, dtype=torch.long)
+        return (relative >= otsu_thresholds(relative.flatten(1))[:, None, None]).long()
+    return (relative >= threshold).long()
+
+
 def foreground_target(feature_map: Tensor, threshold: FgThreshold = 0.5) -> Tensor:
     """Foreground pseudo-label of every cell from its activation (eq. 3).
 
@@ -179,9 +221,40 @@ def foreground_target(feature_map: Tensor, threshold: FgThreshold = 0.5) -> Tens
     if feature_map.dim() != 4:
         raise ValueError(f"feature_map must be [B, C, h, w], got shape {tuple(feature_map.shape)}")
     check_fg_threshold(threshold, "foreground_target")
-    relative = relative_activation(feature_map.detach())
-    if threshold == "otsu":
-        if relative[0].numel() < 2:
-            return torch.ones_like(relative, dtype=torch.long)
-        return (relative >= otsu_thresholds(relative.flatten(1))[:, None, None]).long()
-    return (relative >= threshold).long()
+    return split_foreground(relative_activation(feature_map.detach()), threshold)
+
+
+def identity_contrast(cells: Tensor, references: Tensor, *, chunk: int = 4096) -> Tensor:
+    """How much more each cell recurs in its identity's other images than in other people's images.
+
+    For a cell of image ``i``: the mean, over the identity's other images, of its best cosine similarity to a
+    cell of that image, minus the same mean over the reference images (other identities). The person is what
+    the images of one identity share and other identities do not; a backdrop, seen by one camera, recurs in
+    other people's images too, and cells at the image border look alike everywhere. It asks nothing of the
+    features' norms, which a network trained from scratch makes larger on the background (module docstring).
+
+    Args:
+        cells: ``[n, m, C]`` unit cell features of the ``n >= 2`` images of one identity, ``m = h * w`` cells each.
+        references: ``[r, m, C]`` unit cell features of ``r >= 1`` images of other identities.
+        chunk: rows of the similarity matrices computed at once (bounds memory).
+
+    Returns:
+        ``[n, m]`` float32 scores in ``[-2, 2]``.
+    """
+    n, m, dim = cells.shape
+    if n < 2 or len(references) < 1 or references.shape[1:] != (m, dim):
+        raise ValueError(
+            f"identity_contrast: needs [n >= 2, m, C] cells and [r >= 1, m, C] references, got "
+            f"{tuple(cells.shape)} and {tuple(references.shape)}"
+        )
+    flat, reference_flat = cells.reshape(n * m, dim).float(), references.reshape(-1, dim).float()
+    image = torch.arange(n, device=cells.device).repeat_interleave(m)
+    scores = []
+    for start in range(0, n * m, chunk):
+        rows = flat[start : start + chunk]
+        best_own = (rows @ flat.T).view(len(rows), n, m).amax(dim=2)  # [rows, n]: best match in each image
+        own_image = image[start : start + chunk, None]
+        best_own = best_own.masked_fill(own_image == torch.arange(n, device=cells.device), 0.0)
+        best_other = (rows @ reference_flat.T).view(len(rows), -1, m).amax(dim=2)
+        scores.append(best_own.sum(dim=1) / (n - 1) - best_other.mean(dim=1))
+    return torch.cat(scores).view(n, m)

@@ -47,7 +47,14 @@ from icg.model.afm import ForegroundHead, SpatialAttention
 from icg.model.backbone import IMAGENET_WEIGHTS, build_backbone, resolve_weights
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
-from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
+from icg.model.ppc import (
+    PartAssignment,
+    PixelPartClassifier,
+    assign_parts,
+    parts_foreground_logits,
+    visible_parts,
+    weighted_mean_pool,
+)
 
 __all__ = ["BranchOutput", "ICGNet", "ICGOutput", "to_reid_features"]
 
@@ -80,7 +87,9 @@ class ICGOutput:
         fg_logits: foreground logits ``[B, 2, h, w]`` (channel 1 = foreground; from the parts or the AFM head),
             ``None`` without AFM.
         part_logits: part classifier ``[B, K + 1, h, w]`` (channel 0 = background), ``None`` without PPC.
-        visibility: ``[B, K]`` bool, part ``k + 1`` is the arg-max of some cell; ``None`` without PPC.
+        part_map: ``[B, h, w]`` long, the part of every cell (0 background; :func:`~icg.model.ppc.assign_parts`);
+            ``None`` without PPC.
+        visibility: ``[B, K]`` bool, part ``k + 1`` is assigned to some cell; ``None`` without PPC.
         part_bn_features: the parts branch's after-BN feature as ``[B, K, C]``; ``None`` without PPC.
     """
 
@@ -89,6 +98,7 @@ class ICGOutput:
     branches: dict[str, BranchOutput] = field(default_factory=dict)
     fg_logits: Tensor | None = None
     part_logits: Tensor | None = None
+    part_map: Tensor | None = None
     visibility: Tensor | None = None
     part_bn_features: Tensor | None = None
 
@@ -123,6 +133,9 @@ class ICGNet(nn.Module):
         use_fsg: flexible structure graph and the graph branch (needs ``use_ppc``).
         foreground_from_parts: with the PPC on, ``P_f = 1 - P_0`` (eq. 8-9) instead of the AFM's own head
             (eq. 16); see the module docstring. Without the PPC the head is used either way.
+        part_assignment: how a cell gets its part: ``"argmax"`` over background and the K parts (the paper), or
+            ``"foreground"``: background against the union of the parts first (eq. 8), then the most probable part
+            (:func:`~icg.model.ppc.assign_parts`). It decides the parts' visibility.
         pixel_logit_scale: ``s``, the logit scale of the part classifier and the foreground head (see
             :mod:`icg.model.ppc`).
         attention_kernel: kernel size of the AFM's spatial attention (CBAM: 7).
@@ -146,6 +159,7 @@ class ICGNet(nn.Module):
         use_ppc: bool = True,
         use_fsg: bool = True,
         foreground_from_parts: bool = True,
+        part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
@@ -162,12 +176,15 @@ class ICGNet(nn.Module):
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        if part_assignment not in ("argmax", "foreground"):
+            raise ValueError(f"part_assignment must be 'argmax' or 'foreground', got {part_assignment!r}")
         self.num_classes = num_classes
         self.num_parts = num_parts
         self.use_afm = use_afm
         self.use_ppc = use_ppc
         self.use_fsg = use_fsg
         self.foreground_from_parts = foreground_from_parts and use_afm and use_ppc
+        self.part_assignment = part_assignment
         self.pool_eps = pool_eps
 
         self.backbone = build_backbone(
@@ -221,7 +238,8 @@ class ICGNet(nn.Module):
         if output.part_logits is not None:
             part_prob = output.part_logits.softmax(dim=1)[:, 1:]
             parts = weighted_mean_pool(feature_map, part_prob, eps=self.pool_eps)
-            output.visibility = part_visibility(output.part_logits)
+            output.part_map = assign_parts(output.part_logits, self.part_assignment)
+            output.visibility = visible_parts(output.part_map, self.num_parts)
             output.branches["parts"] = self._head("parts", parts.flatten(1))
             output.part_bn_features = output.branches["parts"].bn_features.view_as(parts)
             if self.graph is not None:

@@ -21,16 +21,30 @@ so its norm would encode its area instead of its appearance. The weighted mean i
 cells the part covers, whatever their number.
 
 A part is *visible* in an image when it is the arg-max class of at least one cell (appendix A.1.1); only
-visible parts enter the retrieval distance and the graph.
+visible parts enter the retrieval distance and the graph. Option ``assignment="foreground"``
+(:func:`assign_parts`): a cell is background only when ``P_0`` beats the union of the parts (eq. 8), and a
+foreground cell belongs to its most probable part. Measured from scratch (128x64, identity foreground): the
+classifier put ``P_0`` at 0.42 on person cells and 0.82 on background, but split the rest over six parts, so the
+arg-max marked 4% of the cells (0.73 visible parts per test image) where the union marked 34% (2.95).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PixelPartClassifier", "part_visibility", "parts_foreground_logits", "weighted_mean_pool"]
+__all__ = [
+    "PartAssignment",
+    "PixelPartClassifier",
+    "assign_parts",
+    "part_visibility",
+    "parts_foreground_logits",
+    "visible_parts",
+    "weighted_mean_pool",
+]
 
 
 class PixelPartClassifier(nn.Module):
@@ -106,19 +120,51 @@ def weighted_mean_pool(feature_map: Tensor, weights: Tensor, *, eps: float = 1e-
     return (weighted_sum.to(precise) / mass[:, :, None]).to(weighted_sum.dtype)
 
 
-def part_visibility(part_logits: Tensor) -> Tensor:
-    """Which parts are the arg-max class of at least one cell.
+PartAssignment = Literal["argmax", "foreground"]
+"""How a cell gets its part from ``[P_0 .. P_K]``: ``"argmax"`` over the ``K + 1`` classes, or ``"foreground"``:
+first foreground or not by eq. 8 (``1 - P_0 > P_0``), then the most probable part."""
+
+
+def assign_parts(part_logits: Tensor, assignment: PartAssignment = "argmax") -> Tensor:
+    """The part of every cell: 0 background, ``1..K`` a part.
+
+    With ``"argmax"`` a cell whose person probability ``1 - P_0`` is spread over several parts goes to the
+    background as soon as ``P_0`` beats each part alone, although it beats their union; ``"foreground"`` decides
+    background against the union of the parts (eq. 8, the foreground of eq. 9) and only then which part.
 
     Args:
         part_logits: ``[B, K + 1, h, w]``, channel 0 = background.
+        assignment: ``"argmax"`` or ``"foreground"``.
+
+    Returns:
+        ``LongTensor [B, h, w]``.
+    """
+    if part_logits.dim() != 4 or part_logits.shape[1] < 2:
+        raise ValueError(f"part_logits must be [B, K + 1, h, w] with K >= 1, got shape {tuple(part_logits.shape)}")
+    if assignment == "argmax":
+        return part_logits.argmax(dim=1)
+    if assignment != "foreground":
+        raise ValueError(f"assignment must be 'argmax' or 'foreground', got {assignment!r}")
+    background = part_logits[:, 0] >= part_logits[:, 1:].logsumexp(dim=1)
+    return torch.where(background, 0, part_logits[:, 1:].argmax(dim=1) + 1)
+
+
+def visible_parts(part_map: Tensor, num_parts: int) -> Tensor:
+    """Which of parts ``1..K`` a part map assigns to at least one cell: ``[B, h, w] -> BoolTensor [B, K]``."""
+    parts = torch.arange(1, num_parts + 1, device=part_map.device)
+    # a comparison with every part rather than a scatter of the winners: the same result, and one that the ONNX
+    # exporter and the TorchScript tracer both translate (the tracer has no scatter_ with a bool value)
+    return (part_map.flatten(1)[:, None, :] == parts[None, :, None]).any(dim=2)
+
+
+def part_visibility(part_logits: Tensor, assignment: PartAssignment = "argmax") -> Tensor:
+    """Which parts are assigned to at least one cell (:func:`assign_parts`).
+
+    Args:
+        part_logits: ``[B, K + 1, h, w]``, channel 0 = background.
+        assignment: ``"argmax"`` or ``"foreground"``.
 
     Returns:
         ``BoolTensor [B, K]``; column ``k`` is part ``k + 1``.
     """
-    if part_logits.dim() != 4 or part_logits.shape[1] < 2:
-        raise ValueError(f"part_logits must be [B, K + 1, h, w] with K >= 1, got shape {tuple(part_logits.shape)}")
-    winners = part_logits.argmax(dim=1).flatten(1)  # [B, h * w]
-    parts = torch.arange(1, part_logits.shape[1], device=part_logits.device)
-    # a comparison with every part rather than a scatter of the winners: the same result, and one that the ONNX
-    # exporter and the TorchScript tracer both translate (the tracer has no scatter_ with a bool value)
-    return (winners[:, None, :] == parts[None, :, None]).any(dim=2)
+    return visible_parts(assign_parts(part_logits, assignment), part_logits.shape[1] - 1)

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from icg.model.afm import ForegroundHead, SpatialAttention, foreground_target, otsu_thresholds, relative_activation
+from icg.model.afm import (
+    ForegroundHead,
+    SpatialAttention,
+    foreground_target,
+    identity_contrast,
+    otsu_thresholds,
+    relative_activation,
+    split_foreground,
+)
 
 
 def _numpy_spatial_attention(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -123,3 +131,50 @@ def test_otsu_foreground_splits_two_levels_whatever_their_scale() -> None:
     assert foreground_target(image).all()
     with pytest.raises(ValueError, match="otsu"):
         foreground_target(image, threshold="median")
+
+
+def _identity_contrast_loops(cells: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """For each cell: mean over the other images of the identity of the best cosine in that image, minus the mean
+    over the reference images of the same; every similarity computed on its own."""
+    n, m, _ = cells.shape
+    scores = np.zeros((n, m))
+    for i in range(n):
+        for a in range(m):
+            own = [max(cells[i, a] @ cells[j, b] for b in range(m)) for j in range(n) if j != i]
+            other = [max(cells[i, a] @ ref[b] for b in range(m)) for ref in references]
+            scores[i, a] = np.mean(own) - np.mean(other)
+    return scores
+
+
+def test_identity_contrast_matches_loops() -> None:
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.nn.functional.normalize(torch.randn(3, 5, 4, generator=generator), dim=2)
+    references = torch.nn.functional.normalize(torch.randn(2, 5, 4, generator=generator), dim=2)
+    expected = _identity_contrast_loops(cells.double().numpy(), references.double().numpy())
+    for chunk in (4096, 4):  # in one block, and in blocks that split images
+        got = identity_contrast(cells, references, chunk=chunk)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="n >= 2"):
+        identity_contrast(cells[:1], references)
+
+
+def test_identity_contrast_finds_the_person_where_the_norms_find_the_backdrop() -> None:
+    # Cell 0 shows the person (their own direction, in every image of theirs), cells 1-3 a backdrop that other
+    # people's images show too, with larger norms: eq. 3 picks the backdrop, the contrast picks the person.
+    person, backdrop = torch.eye(4)[0], torch.eye(4)[1]
+    images = torch.stack([person, 3 * backdrop, 3 * backdrop, 3 * backdrop])[None].repeat(3, 1, 1)
+    others = torch.stack([torch.eye(4)[2], backdrop, backdrop, backdrop])[None].repeat(2, 1, 1)
+    unit = torch.nn.functional.normalize(images, dim=2)
+    score = identity_contrast(unit, torch.nn.functional.normalize(others, dim=2))
+    assert (score[:, 0] > score[:, 1:].amax(dim=1)).all()
+    maps = images.transpose(1, 2).reshape(3, 4, 2, 2)  # the same cells as [B, C, h, w]
+    assert foreground_target(maps).flatten(1)[:, 0].eq(0).all()
+
+
+def test_split_foreground_by_share_or_otsu() -> None:
+    relative = torch.tensor([[[0.1, 0.2], [0.9, 1.0]], [[1.0, 0.45], [0.5, 0.55]]])
+    torch.testing.assert_close(split_foreground(relative, 0.5), torch.tensor([[[0, 0], [1, 1]], [[1, 0], [1, 1]]]))
+    torch.testing.assert_close(split_foreground(relative, "otsu")[0], torch.tensor([[0, 0], [1, 1]]))
+    torch.testing.assert_close(split_foreground(relative, "otsu")[1], torch.tensor([[1, 0], [0, 0]]))
+    with pytest.raises(ValueError, match="split_foreground"):
+        split_foreground(relative, 2.0)

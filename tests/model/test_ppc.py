@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icg.model.ppc import PixelPartClassifier, part_visibility, parts_foreground_logits, weighted_mean_pool
+from icg.model.ppc import (
+    PixelPartClassifier,
+    assign_parts,
+    part_visibility,
+    parts_foreground_logits,
+    weighted_mean_pool,
+)
 
 
 @pytest.mark.parametrize("scale", [1.0, 16.0])
@@ -143,3 +149,21 @@ def test_visibility_is_the_argmax_rule() -> None:
 def test_visibility_checks_shape() -> None:
     with pytest.raises(ValueError, match="part_logits"):
         part_visibility(torch.randn(2, 1, 3, 3))
+
+
+def test_foreground_assignment_weighs_background_against_the_union_of_the_parts() -> None:
+    # Three cells, probabilities [P_0, P_1, P_2, P_3]: the first is a person cell whose parts share 0.6; the
+    # arg-max gives it to the background (0.4 beats each part), the union of the parts (0.6) beats it.
+    probabilities = torch.tensor([[0.4, 0.35, 0.2, 0.05], [0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]])  # [cells, K + 1]
+    logits = probabilities.log().T.reshape(1, 4, 1, 3)
+    assert assign_parts(logits).tolist() == [[[0, 0, 3]]]
+    assert assign_parts(logits, "foreground").tolist() == [[[1, 0, 3]]]
+    assert part_visibility(logits, "foreground").tolist() == [[True, False, True]]
+    assert part_visibility(logits).tolist() == [[False, False, True]]
+    # random logits: foreground exactly where 1 - P_0 > P_0, and there the part of largest probability
+    logits = torch.randn(2, 5, 6, 3, generator=torch.Generator().manual_seed(0))
+    prob = logits.softmax(dim=1)
+    expected = torch.where(prob[:, 0] < 0.5, prob[:, 1:].argmax(dim=1) + 1, 0)
+    assert torch.equal(assign_parts(logits, "foreground"), expected)
+    with pytest.raises(ValueError, match="assignment"):
+        assign_parts(logits, "union")
