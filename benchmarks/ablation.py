@@ -74,6 +74,12 @@ TABLES = {
         "ICG-K6",
         "ICG-K6-otsu",
     ],
+    "Foreground signal: the norms of eq. 3 against the identity contrast (with the foreground-first assignment)": [
+        "BoT",
+        "ICG-K6",
+        "ICG-K6-otsu",
+        "ICG-K6-identity",
+    ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
 COLUMNS = [  # key, header, format

@@ -1,7 +1,8 @@
 """Cost of the part clustering: K-means at Market-1501 scale, the pass against a training epoch, and its memory.
 
 Usage: ``python benchmarks/bench_clustering.py [--ids 751 --parts 6 --niter 20 --memory-ids 100 --epochs 3]``
-(``--skip kmeans,epoch,memory`` leaves parts out).
+(``--skip kmeans,epoch,memory`` leaves parts out; ``--fg-signal identity`` times (a) with the identity contrast,
+which compares every cell with the identity's other images and 64 reference images).
 
 (a) **K-means alone, Market-1501 sized**: ``--ids`` identities with 10..24 images each (mean 17, Market-1501 has
     17.2), 16x8 feature maps of 2048 channels, ``K = --parts``. The maps are drawn, not computed: per identity,
@@ -107,7 +108,9 @@ class TimedKMeans(SphericalKMeans):
         return result
 
 
-def run_workload(num_ids: int, num_parts: int, niter: int) -> tuple[float, TimedKMeans, object]:
+def run_workload(
+    num_ids: int, num_parts: int, niter: int, fg_signal: str = "activation"
+) -> tuple[float, TimedKMeans, object]:
     workload = Workload(num_ids)
     kmeans = TimedKMeans(num_parts, niter=niter)
     start = time.perf_counter()
@@ -117,6 +120,7 @@ def run_workload(num_ids: int, num_parts: int, niter: int) -> tuple[float, Timed
         workload.pids,
         num_parts,
         label_size=(HEIGHT, WIDTH),
+        fg_signal=fg_signal,
         niter=niter,
         batch_size=128,
         kmeans=kmeans,
@@ -125,9 +129,10 @@ def run_workload(num_ids: int, num_parts: int, niter: int) -> tuple[float, Timed
 
 
 def bench_kmeans(args: argparse.Namespace) -> None:
-    seconds, kmeans, result = run_workload(args.ids, args.parts, args.niter)
+    seconds, kmeans, result = run_workload(args.ids, args.parts, args.niter, args.fg_signal)
     print(
-        f"(a) K-means, {args.ids} ids, {len(result.labels)} images, 2048x16x8 maps, foreground "
+        f"(a) K-means, foreground signal {args.fg_signal}, {args.ids} ids, {len(result.labels)} images, "
+        f"2048x16x8 maps, foreground "
         f"{result.foreground_share:.0%} ({result.foreground_cells / args.ids:.0f} cells per id), K={args.parts}, "
         f"niter={args.niter}, CPU:\n"
         f"    K-means total {sum(kmeans.seconds):.1f} s (median {statistics.median(kmeans.seconds) * 1e3:.1f} ms "
@@ -258,6 +263,9 @@ def main() -> None:
     parser.add_argument("--epoch-ids", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--memory-ids", type=int, default=100)
+    parser.add_argument(
+        "--fg-signal", default="activation", choices=["activation", "identity"], help="the foreground rule of (a)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated: kmeans, epoch, memory")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
