@@ -26,7 +26,8 @@ Decisions the paper leaves open:
   so the labels do not depend on how identities are spread over processes. On a CUDA module with a faiss
   build that has GPUs, K-means runs on the process's own device (one ``StandardGpuResources`` per
   :class:`SphericalKMeans`, reused).
-* **Too few foreground cells.** An identity with fewer foreground cells than ``K`` is not clustered: its rows
+* **Too few foreground cells.** An identity with fewer foreground cells than ``K`` (under the identity rule, also
+  one with a single image, which has nothing to be compared with) is not clustered: its rows
   are left unlabeled (flag ``False``, labels 0), so the module falls back to ``K`` horizontal bands of
   the current foreground for them. One warning per pass gives their count.
 * **DDP.** The sorted identities are dealt out to ranks (``ids[rank::world_size]``); each rank extracts and
@@ -268,7 +269,8 @@ class ClusteringResult:
 @dataclass
 class _Identity:
     """What the streaming pass keeps of the identity it is reading: its rows, and per image the unit features of
-    every cell ``[h * w, C]`` and, under the activation rule, the foreground mask ``[h, w]``."""
+    its cells (under the activation rule only the foreground ones, with the foreground mask ``[h, w]``; under the
+    identity rule all ``h * w``, whose foreground is decided when the identity is complete)."""
 
     ordinal: int
     pid: int
@@ -410,13 +412,17 @@ def cluster_part_labels(
         return list(split_foreground(relative.view(-1, height, width), fg_threshold).bool().cpu())
 
     def finish(identity: _Identity) -> None:
-        masks = identity_masks(identity) if fg_signal == "identity" else identity.masks
+        if fg_signal == "identity":
+            masks = identity_masks(identity)
+            cells = [image_cells[mask.flatten()] for image_cells, mask in zip(identity.cells, masks)]
+        else:
+            masks, cells = identity.masks, identity.cells
         counts = [int(mask.sum()) for mask in masks]
         result.foreground_cells += sum(counts)
         if sum(counts) < num_parts:
             result.skipped_identities += 1
             return
-        points = torch.cat([cells[mask.flatten()] for cells, mask in zip(identity.cells, masks)]).numpy()
+        points = torch.cat(cells).numpy()
         rng = np.random.default_rng((seed, identity.ordinal))
         assignment = kmeans.fit_predict(points, rng=rng)
         cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in masks]).numpy()
@@ -445,9 +451,10 @@ def cluster_part_labels(
                         finish(current)
                     current = _Identity(ordinal[pid], pid)
                 current.rows.append(row)
-                current.cells.append(image_cells)
-                if fg_signal == "activation":
+                if fg_signal == "activation":  # only the foreground is kept
                     current.masks.append(masks[i])
+                    image_cells = image_cells[masks[i].flatten()]
+                current.cells.append(image_cells)
             bar.update(len(cells))
     if current is not None:
         finish(current)
@@ -626,8 +633,9 @@ class PartClustering(Callback):
         )
         if result.skipped_identities and rank == 0:
             log.warning(
-                "PartClustering: %d of %d identities have fewer than num_parts=%d foreground cells; their images "
-                "stay unlabeled and use the horizontal-band fallback",
+                "PartClustering: %d of %d identities have fewer than num_parts=%d foreground cells (or, with "
+                "fg_signal='identity', a single image); their images stay unlabeled (the horizontal-band fallback; "
+                "with fg_signal='identity', not scored by the pixel losses)",
                 result.skipped_identities,
                 result.skipped_identities + result.clustered_identities,
                 num_parts,

@@ -3,8 +3,9 @@
 Part pseudo-labels live here, in ``part_labels`` (:class:`icg.part_labels.PartLabels`): the clustering callback
 (:class:`icg.clustering.PartClustering`) fills them, checkpoints carry them and the training step reads each
 batch's targets from them through the batch's source maps. The foreground target of ``L_sep`` is computed
-online from the batch's ``F_g`` by the rule the clustering uses (see :mod:`icg.model.afm`); cells that show
-padding or an erased box are ignored by both pixel losses.
+online from the batch's ``F_g`` by the rule the clustering uses (see :mod:`icg.model.afm`), or, with
+``fg_signal="identity"``, read from the pseudo-labels, which that rule needs whole identities to compute; cells
+that show padding or an erased box are ignored by both pixel losses.
 
 Internal signals are logged so that a run shows whether its parts form: ``train/visible_parts`` (parts that
 are the arg-max of some cell, mean per image), ``train/part_entropy`` (mean entropy of the part probabilities,
