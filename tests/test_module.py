@@ -65,13 +65,15 @@ def test_identity_signal_takes_the_foreground_target_from_the_pseudo_labels() ->
     assert torch.equal(fg_target, expected_fg)
 
 
-def test_fg_signal_is_checked() -> None:
+def test_fg_signal_and_part_assignment_are_checked() -> None:
     tiny = dict(num_classes=4, image_size=(H, W), backbone="resnet18", weights=None)
     with pytest.raises(ValueError, match="needs use_ppc=True"):
         ICGModule(**tiny, use_ppc=False, use_fsg=False, fg_signal="identity")
     with pytest.raises(ValueError, match="ICGModule: fg_signal"):
         ICGModule(**tiny, num_train_samples=2, fg_signal="norm")
     assert ICGModule(**tiny, num_train_samples=2).fg_signal == "activation"
+    with pytest.raises(ValueError, match="part_assignment must be"):
+        ICGModule(**tiny, num_train_samples=2, part_assignment="union")
 
 
 @pytest.mark.parametrize("foreground_from_parts", [True, False])
