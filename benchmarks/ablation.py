@@ -1,6 +1,7 @@
 """Ablation study on synthetic pedestrians: BoT, +AFM, +PPC, +PPC+FSG, full ICG (paper Table 2), full ICG for
-K = 3..7 parts (Table 3), the foreground of eq. 16 instead of eq. 8, and ICG trained on the true part masks; the
-same data, budget and seeds for every row; writes benchmarks/RESULTS.md.
+K = 3..7 parts (Table 3), the foreground of eq. 16 instead of eq. 8, the foreground rules (eq. 3 at 0.5 or Otsu's
+threshold, the identity contrast for training from scratch), and ICG trained on the true part masks; the same
+data, budget and seeds for every row; writes benchmarks/RESULTS.md.
 
 Every run uses the `make demo` recipe (ResNet-18, 128x64, PK 8 x 4, AdamW, 8 epochs, part clustering every
 2 epochs; the learning rates of ``recipe_for``) on one synthetic dataset (occlusion and misalignment on), then
