@@ -51,6 +51,7 @@ from icg.model.ppc import (
     PartAssignment,
     PixelPartClassifier,
     assign_parts,
+    check_part_assignment,
     parts_foreground_logits,
     visible_parts,
     weighted_mean_pool,
@@ -176,8 +177,7 @@ class ICGNet(nn.Module):
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
         if output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
-        if part_assignment not in ("argmax", "foreground"):
-            raise ValueError(f"part_assignment must be 'argmax' or 'foreground', got {part_assignment!r}")
+        check_part_assignment(part_assignment, "ICGNet")
         self.num_classes = num_classes
         self.num_parts = num_parts
         self.use_afm = use_afm

@@ -40,6 +40,7 @@ __all__ = [
     "PartAssignment",
     "PixelPartClassifier",
     "assign_parts",
+    "check_part_assignment",
     "part_visibility",
     "parts_foreground_logits",
     "visible_parts",
@@ -125,6 +126,12 @@ PartAssignment = Literal["argmax", "foreground"]
 first foreground or not by eq. 8 (``1 - P_0 > P_0``), then the most probable part."""
 
 
+def check_part_assignment(assignment: PartAssignment, owner: str) -> None:
+    """A ``ValueError`` that names ``owner`` unless ``assignment`` is ``"argmax"`` or ``"foreground"``."""
+    if assignment not in ("argmax", "foreground"):
+        raise ValueError(f"{owner}: part_assignment must be 'argmax' or 'foreground', got {assignment!r}")
+
+
 def assign_parts(part_logits: Tensor, assignment: PartAssignment = "argmax") -> Tensor:
     """The part of every cell: 0 background, ``1..K`` a part.
 
@@ -141,10 +148,9 @@ def assign_parts(part_logits: Tensor, assignment: PartAssignment = "argmax") -> 
     """
     if part_logits.dim() != 4 or part_logits.shape[1] < 2:
         raise ValueError(f"part_logits must be [B, K + 1, h, w] with K >= 1, got shape {tuple(part_logits.shape)}")
+    check_part_assignment(assignment, "assign_parts")
     if assignment == "argmax":
         return part_logits.argmax(dim=1)
-    if assignment != "foreground":
-        raise ValueError(f"assignment must be 'argmax' or 'foreground', got {assignment!r}")
     background = part_logits[:, 0] >= part_logits[:, 1:].logsumexp(dim=1)
     return torch.where(background, 0, part_logits[:, 1:].argmax(dim=1) + 1)
 
