@@ -61,6 +61,7 @@ from icg.contracts import ClusteringData, LabeledModel, require
 from icg.model import (
     FgSignal,
     FgThreshold,
+    PixelPartClassifier,
     check_fg_signal,
     check_fg_threshold,
     foreground_target,
@@ -244,6 +245,10 @@ class ClusteringResult:
         clustered_identities: identities clustered.
         skipped_identities: identities with fewer foreground cells than ``K`` (left unlabeled).
         seconds: wall time of the pass.
+        gram, moments: with ``classifier_statistics``, the sums over every cell of the labelled images of
+            ``z z^T`` (``float64 [C + 1, C + 1]``) and ``z onehot(label)^T`` (``float64 [C + 1, K + 1]``), with
+            ``z = [unit feature, 1]`` (:meth:`icg.model.PixelPartClassifier.fit_least_squares`); ``None`` without
+            it or when no image was labelled.
     """
 
     labels: Tensor
@@ -254,6 +259,8 @@ class ClusteringResult:
     clustered_identities: int = 0
     skipped_identities: int = 0
     seconds: float = 0.0
+    gram: Tensor | None = None
+    moments: Tensor | None = None
 
     @property
     def foreground_share(self) -> float:
@@ -270,13 +277,20 @@ class ClusteringResult:
 class _Identity:
     """What the streaming pass keeps of the identity it is reading: its rows, and per image the unit features of
     its cells (under the activation rule only the foreground ones, with the foreground mask ``[h, w]``; under the
-    identity rule all ``h * w``, whose foreground is decided when the identity is complete)."""
+    identity rule all ``h * w``, whose foreground is decided when the identity is complete), and with
+    ``classifier_statistics`` the sum of ``z z^T`` over all its cells (``z = [unit feature, 1]``)."""
 
     ordinal: int
     pid: int
     rows: list[int] = field(default_factory=list)
     cells: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
+    gram: Tensor | float = 0.0
+
+
+def _with_bias(cells: Tensor) -> Tensor:
+    """``[n, C] -> [n, C + 1]``: a constant 1 appended, so that a linear fit on it has a bias."""
+    return torch.cat([cells, cells.new_ones(len(cells), 1)], dim=1)
 
 
 def _unit_cells(feature_map: Tensor) -> Tensor:
@@ -302,6 +316,7 @@ def cluster_part_labels(
     rank: int = 0,
     world_size: int = 1,
     kmeans: SphericalKMeans | None = None,
+    classifier_statistics: bool = False,
     progress: bool = False,
 ) -> ClusteringResult:
     """Part pseudo-labels of one rank's identities, streaming one identity at a time.
@@ -328,6 +343,8 @@ def cluster_part_labels(
         device: where ``feature_fn`` runs (default CPU).
         rank, world_size: this process takes the sorted identities ``ids[rank::world_size]``.
         kmeans: the K-means back-end to reuse (default: a new :class:`SphericalKMeans` on ``device``).
+        classifier_statistics: also sum what a least-squares fit of the part classifier to the labels needs
+            (``gram`` and ``moments`` of the result; on ``device``).
         progress: show a progress bar.
 
     Returns:
@@ -432,13 +449,23 @@ def cluster_part_labels(
             result.labels[row][mask] = cell_parts.to(torch.uint8)
             result.labeled[row] = True
         result.clustered_identities += 1
+        if classifier_statistics:
+            gram = identity.gram.double()
+            foreground = _with_bias(torch.cat(cells).to(device)).double()
+            moments = foreground.T @ F.one_hot(parts.to(device), num_parts + 1).double()
+            # the background's column: all the identity's cells (the gram's bias row) less its foreground
+            moments[:, 0] = gram[-1] - foreground.sum(dim=0)
+            first = result.gram is None
+            result.gram = gram if first else result.gram + gram
+            result.moments = moments if first else result.moments + moments
 
     current: _Identity | None = None
     position = 0
     with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
         for batch in loader(order):
             feature_map = feature_maps(batch)
-            cells = _unit_cells(feature_map).cpu()
+            unit_cells = _unit_cells(feature_map)
+            cells = unit_cells.cpu()
             if fg_signal == "activation":
                 masks = foreground_target(feature_map, fg_threshold).bool().cpu()
             result.total_cells += cells.shape[0] * cells.shape[1]
@@ -451,6 +478,9 @@ def cluster_part_labels(
                         finish(current)
                     current = _Identity(ordinal[pid], pid)
                 current.rows.append(row)
+                if classifier_statistics:
+                    image_z = _with_bias(unit_cells[i])
+                    current.gram = current.gram + image_z.T @ image_z
                 if fg_signal == "activation":  # only the foreground is kept
                     current.masks.append(masks[i])
                     image_cells = image_cells[masks[i].flatten()]
@@ -481,6 +511,14 @@ class PartClustering(Callback):
             (:func:`cluster_part_labels`).
         batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
         num_workers: loader processes; default the datamodule's ``num_workers``.
+        refit_classifier: after each clustering, set the module's part classifier to the least-squares fit of the
+            new labels on the pass's features (:meth:`icg.model.PixelPartClassifier.fit_least_squares`), instead
+            of leaving it to chase them by gradient steps. Measured on the 256x128 ablation (stand-in, 8 epochs,
+            24 steps an epoch): the classifier trained along with the network predicted parts of 58% test
+            purity, while a converged linear fit on the same final features reached 74%: with the learning rate
+            decayed, the steps after the last clustering are too few for the classifier to catch up with the
+            labels (``benchmarks/RESULTS-256x128.md``).
+        refit_ridge: the fit's ridge, relative to the mean diagonal of the features' gram matrix.
 
     Outside a Trainer, :meth:`cluster` labels a module directly (a notebook, a test).
     """
@@ -495,6 +533,8 @@ class PartClustering(Callback):
         reference_images: int = 64,
         batch_size: int = 128,
         num_workers: int | None = None,
+        refit_classifier: bool = False,
+        refit_ridge: float = 1e-2,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"PartClustering: every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -510,6 +550,8 @@ class PartClustering(Callback):
             raise ValueError(f"PartClustering: batch_size must be >= 1, got {batch_size}")
         if num_workers is not None and num_workers < 0:
             raise ValueError(f"PartClustering: num_workers must be >= 0, got {num_workers}")
+        if not refit_ridge > 0:
+            raise ValueError(f"PartClustering: refit_ridge must be > 0, got {refit_ridge}")
         self.every_n_epochs = every_n_epochs
         self.niter = niter
         self.seed = seed
@@ -517,6 +559,8 @@ class PartClustering(Callback):
         self.reference_images = reference_images
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.refit_classifier = refit_classifier
+        self.refit_ridge = refit_ridge
         self.last_clustered_epoch: int | None = None
         self._kmeans: SphericalKMeans | None = None
 
@@ -574,6 +618,12 @@ class PartClustering(Callback):
                 f"holds {len(dataset)}; set num_train_samples to the datamodule's"
             )
         num_parts = part_labels.num_parts
+        classifier = getattr(module, "part_classifier", None) if self.refit_classifier else None
+        if self.refit_classifier and not isinstance(classifier, PixelPartClassifier):
+            raise TypeError(
+                "PartClustering: refit_classifier=True needs the module's part_classifier, a PixelPartClassifier "
+                f"(an icg.ICGModule with use_ppc=True); got {type(classifier).__name__}"
+            )
         fg_threshold = self.fg_threshold if self.fg_threshold is not None else module.fg_threshold
         if num_workers is None:
             num_workers = self.num_workers or 0
@@ -601,6 +651,7 @@ class PartClustering(Callback):
                 rank=rank,
                 world_size=world_size,
                 kmeans=self._kmeans_for(num_parts, device),
+                classifier_statistics=classifier is not None,
                 progress=progress,
             )
         finally:
@@ -613,13 +664,15 @@ class PartClustering(Callback):
             dtype=torch.int64,
         )
         counts = torch.cat([counts, local.part_cells]).to(device)
-        if world_size > 1:
+        reduce = trainer.strategy.reduce if world_size > 1 else None
+        if reduce is not None:
             # each rank holds zeros outside its identities, so the sum is the union
-            reduce = trainer.strategy.reduce
             labels = reduce(labels, reduce_op="sum")
             labeled = reduce(labeled, reduce_op="sum")
             counts = reduce(counts, reduce_op="sum")
         part_labels.assign(labels, labeled.bool())
+        if classifier is not None:
+            self._refit(classifier, local, reduce)
         counts = counts.cpu()
         result = ClusteringResult(
             labels=part_labels.labels,
@@ -641,6 +694,22 @@ class PartClustering(Callback):
                 num_parts,
             )
         return result
+
+    def _refit(
+        self, classifier: PixelPartClassifier, local: ClusteringResult, reduce: Callable[..., Tensor] | None
+    ) -> None:
+        size = classifier.conv.in_channels + 1
+        device = classifier.conv.weight.device
+        # a rank that labelled nothing adds zeros, so that every rank takes part in the sums
+        gram = local.gram if local.gram is not None else torch.zeros(size, size, dtype=torch.float64)
+        moments = local.moments
+        if moments is None:
+            moments = torch.zeros(size, classifier.num_parts + 1, dtype=torch.float64)
+        gram, moments = gram.to(device), moments.to(device)
+        if reduce is not None:
+            gram, moments = reduce(gram, reduce_op="sum"), reduce(moments, reduce_op="sum")
+        if bool(moments[-1, 1:].sum() > 0):  # any labelled part cell (the last row counts the cells)
+            classifier.fit_least_squares(gram, moments, ridge=self.refit_ridge)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch

@@ -51,6 +51,7 @@ from icg.model import (
     ICGNet,
     ICGOutput,
     PartAssignment,
+    PixelPartClassifier,
     check_fg_signal,
     check_fg_threshold,
     foreground_target,
@@ -333,6 +334,12 @@ class ICGModule(LightningModule):
         """What the foreground is read from (``"activation"``, eq. 3, or ``"identity"``); checkpoints from before
         the option read ``"activation"``."""
         return self.hparams.get("fg_signal", "activation")
+
+    @property
+    def part_classifier(self) -> PixelPartClassifier | None:
+        """The pixel part classifier of PPC (``None`` without ``use_ppc``); :class:`icg.PartClustering` refits it
+        to each clustering's labels when asked (``refit_classifier``)."""
+        return self.net.part_classifier
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the part labels' buffers before PartLabels owned them

@@ -77,6 +77,36 @@ class PixelPartClassifier(nn.Module):
     def forward(self, feature_map: Tensor) -> Tensor:
         return self.logit_scale * self.conv(F.normalize(feature_map, dim=1))
 
+    @torch.no_grad()
+    def fit_least_squares(self, gram: Tensor, moments: Tensor, *, ridge: float = 1e-2) -> None:
+        """Sets the weights to the ridge regression of the one-hot labels on the cells' unit features.
+
+        With ``z = [x / ||x||, 1]`` for every labelled cell, the weights ``[W | b]`` solve
+        ``(sum z z^T + ridge * mean(diag) * I) [W | b]^T = sum z onehot(label)^T``: the classifier predicts the
+        labels as well as a converged linear fit, at once (see :class:`icg.clustering.PartClustering`,
+        ``refit_classifier``). The scores are near 1 for the label and 0 elsewhere, so with the logit scale the
+        softmax is confident where the fit is.
+
+        Args:
+            gram: ``[C + 1, C + 1]``, ``sum z z^T``.
+            moments: ``[C + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background).
+            ridge: regularisation relative to the mean diagonal of ``gram`` (> 0).
+        """
+        channels = self.conv.in_channels
+        if gram.shape != (channels + 1, channels + 1) or moments.shape != (channels + 1, self.num_parts + 1):
+            raise ValueError(
+                f"fit_least_squares: expected gram [{channels + 1}, {channels + 1}] and moments "
+                f"[{channels + 1}, {self.num_parts + 1}], got {tuple(gram.shape)} and {tuple(moments.shape)}"
+            )
+        if not ridge > 0:
+            raise ValueError(f"fit_least_squares: ridge must be > 0, got {ridge}")
+        gram, moments = gram.double(), moments.double()
+        penalty = ridge * gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+        identity = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        solution = torch.linalg.solve(gram + penalty * identity, moments)
+        self.conv.weight.copy_(solution[:channels].T.reshape_as(self.conv.weight))
+        self.conv.bias.copy_(solution[channels])
+
 
 def parts_foreground_logits(part_logits: Tensor) -> Tensor:
     """Two-way background / foreground logits of the union of the parts (eq. 8).

@@ -167,3 +167,47 @@ def test_foreground_assignment_weighs_background_against_the_union_of_the_parts(
     assert torch.equal(assign_parts(logits, "foreground"), expected)
     with pytest.raises(ValueError, match="assignment"):
         assign_parts(logits, "union")
+
+
+def test_least_squares_fit_is_the_ridge_solution_of_the_stacked_system() -> None:
+    # reference: ridge regression as ordinary least squares on the design stacked over sqrt(penalty) * I
+    rng = np.random.default_rng(0)
+    cells = rng.standard_normal((40, 5))
+    unit = cells / np.linalg.norm(cells, axis=1, keepdims=True)
+    z = np.hstack([unit, np.ones((40, 1))])
+    labels = rng.integers(0, 4, 40)
+    onehot = np.eye(4)[labels]
+    gram, moments = z.T @ z, z.T @ onehot
+    ridge = 0.05
+    penalty = ridge * np.trace(gram) / len(gram)
+    design = np.vstack([z, np.sqrt(penalty) * np.eye(6)])
+    targets = np.vstack([onehot, np.zeros((6, 4))])
+    expected = np.linalg.lstsq(design, targets, rcond=None)[0]  # [6, 4]: weights then bias
+
+    classifier = PixelPartClassifier(5, num_parts=3).double()
+    classifier.fit_least_squares(torch.from_numpy(gram), torch.from_numpy(moments), ridge=ridge)
+    np.testing.assert_allclose(classifier.conv.weight.detach().numpy()[:, :, 0, 0], expected[:5].T, atol=1e-10)
+    np.testing.assert_allclose(classifier.conv.bias.detach().numpy(), expected[5], atol=1e-10)
+
+
+def test_least_squares_fit_reproduces_separable_labels_confidently() -> None:
+    # cells near one of four directions, the label their direction: after the fit every cell is classified right
+    torch.manual_seed(0)
+    directions = torch.eye(6)[:4]
+    labels = torch.randint(0, 4, (2, 5, 3))
+    x = 3 * directions[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(2, 6, 5, 3)
+    z = torch.cat([F.normalize(x, dim=1).permute(0, 2, 3, 1).reshape(-1, 6), torch.ones(30, 1)], dim=1).double()
+    moments = z.T @ F.one_hot(labels.reshape(-1), 4).double()
+    classifier = PixelPartClassifier(6, num_parts=3)
+    classifier.fit_least_squares(z.T @ z, moments, ridge=1e-3)
+    probabilities = classifier(x).softmax(dim=1)
+    assert torch.equal(probabilities.argmax(dim=1), labels)
+    assert probabilities.max(dim=1).values.min() > 0.99  # the logit scale makes the fit's scores confident
+
+
+def test_least_squares_fit_checks_its_inputs() -> None:
+    classifier = PixelPartClassifier(5, num_parts=3)
+    with pytest.raises(ValueError, match=r"gram \[6, 6\]"):
+        classifier.fit_least_squares(torch.eye(5), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="ridge"):
+        classifier.fit_least_squares(torch.eye(6), torch.zeros(6, 4), ridge=0.0)

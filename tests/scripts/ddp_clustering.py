@@ -2,8 +2,9 @@
 
 Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR`` where ``DATA_ROOT`` holds the synthetic data of
 the test's datamodule. One epoch clusters at its start; each rank then saves its ``labels``, ``labeled`` and
-the number of identities it clustered itself to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the
-initial model in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
+the number of identities it clustered itself and its part classifier as the clustering refitted it (before any
+training step) to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the initial model in a single process
+(no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
 
 Features are extracted one image at a time on one thread, so that the two runs see bit-identical feature maps
 (batch composition differs between them, and CPU convolutions may round differently for different batch sizes).
@@ -20,7 +21,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-from lightning.pytorch import Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything  # noqa: E402
 
 import icg.clustering  # noqa: E402
 from icg.clustering import PartClustering  # noqa: E402
@@ -40,6 +41,15 @@ def _recording(*args: Any, **kwargs: Any) -> icg.clustering.ClusteringResult:
 
 
 icg.clustering.cluster_part_labels = _recording
+
+
+class RefittedClassifier(Callback):
+    """The part classifier right after the clustering (which runs first, at the same hook) refitted it."""
+
+    state: dict[str, torch.Tensor] = {}
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.state.update({k: v.clone() for k, v in pl_module.part_classifier.state_dict().items()})
 
 
 def build(datamodule: SyntheticDataModule) -> ICGModule:
@@ -79,20 +89,29 @@ def main(root: str, out: Path) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
-        callbacks=[PartClustering(batch_size=1)],
+        callbacks=[PartClustering(batch_size=1, refit_classifier=True), RefittedClassifier()],
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(
-        {**module.part_labels.state_dict(), "local_identities": local_identities[0]},
+        {
+            **module.part_labels.state_dict(),
+            "local_identities": local_identities[0],
+            "classifier": RefittedClassifier.state,
+        },
         out / f"rank{trainer.global_rank}.pt",
     )
     if trainer.global_rank == 0:
         single = build(datamodule)
         single.load_state_dict(initial)
         pids = [record.pid for record in datamodule.train_records]
-        result = PartClustering(batch_size=1).cluster(single, datamodule.cluster_dataset(), pids)
+        clustering = PartClustering(batch_size=1, refit_classifier=True)
+        result = clustering.cluster(single, datamodule.cluster_dataset(), pids)
         torch.save(
-            {**single.part_labels.state_dict(), "identities": result.clustered_identities},
+            {
+                **single.part_labels.state_dict(),
+                "identities": result.clustered_identities,
+                "classifier": single.part_classifier.state_dict(),
+            },
             out / "single.pt",
         )
 
