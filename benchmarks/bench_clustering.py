@@ -2,7 +2,9 @@
 
 Usage: ``python benchmarks/bench_clustering.py [--ids 751 --parts 6 --niter 20 --memory-ids 100 --epochs 3]``
 (``--skip kmeans,epoch,memory`` leaves parts out; ``--fg-signal identity`` times (a) with the identity contrast,
-which compares every cell with the identity's other images and 64 reference images).
+which compares every cell with the identity's other images and 64 reference images; ``--classifier-statistics``
+times the pass of (a) once more with the sums that ``PartClustering(refit_classifier=True)`` needs, and gives the
+ratio of the two).
 
 (a) **K-means alone, Market-1501 sized**: ``--ids`` identities with 10..24 images each (mean 17, Market-1501 has
     17.2), 16x8 feature maps of 2048 channels, ``K = --parts``. The maps are drawn, not computed: per identity,
@@ -109,7 +111,7 @@ class TimedKMeans(SphericalKMeans):
 
 
 def run_workload(
-    num_ids: int, num_parts: int, niter: int, fg_signal: str = "activation"
+    num_ids: int, num_parts: int, niter: int, fg_signal: str = "activation", classifier_statistics: bool = False
 ) -> tuple[float, TimedKMeans, object]:
     workload = Workload(num_ids)
     kmeans = TimedKMeans(num_parts, niter=niter)
@@ -124,6 +126,7 @@ def run_workload(
         niter=niter,
         batch_size=128,
         kmeans=kmeans,
+        classifier_statistics=classifier_statistics,
     )
     return time.perf_counter() - start, kmeans, result
 
@@ -139,6 +142,12 @@ def bench_kmeans(args: argparse.Namespace) -> None:
         f"per id), whole pass incl. drawing the maps {seconds:.1f} s; "
         f"{result.clustered_identities} clustered, {result.skipped_identities} skipped"
     )
+    if args.classifier_statistics:
+        with_sums = run_workload(args.ids, args.parts, args.niter, args.fg_signal, classifier_statistics=True)[0]
+        print(
+            f"    the same pass summing the refit's statistics (2049x2049 gram, every cell): {with_sums:.1f} s, "
+            f"{with_sums / seconds:.2f}x the pass without"
+        )
 
 
 class EpochTimer(Callback):
@@ -266,6 +275,7 @@ def main() -> None:
     parser.add_argument(
         "--fg-signal", default="activation", choices=["activation", "identity"], help="the foreground rule of (a)"
     )
+    parser.add_argument("--classifier-statistics", action="store_true", help="time (a) with the refit's sums too")
     parser.add_argument("--skip", default="", help="comma-separated: kmeans, epoch, memory")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
