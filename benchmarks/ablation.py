@@ -325,7 +325,7 @@ def write_report(entries: list[dict], args: argparse.Namespace) -> None:
                 rows.setdefault(entry["run"], []).append(entry)
         seeds = sorted({e["seed"] for e in entries if e["init"] == init})
         for title, names in TABLES.items():
-            if any(name in rows for name in names):
+            if any(name in rows for name in names if name != "BoT"):  # BoT alone compares nothing
                 text += ["", f"## {title}, {init} (seeds {', '.join(map(str, seeds))})", "", *table(rows, names)]
     previous = args.output.read_text() if args.output.exists() else ""
     analysis = previous[previous.index(ANALYSIS_MARKER) :] if ANALYSIS_MARKER in previous else ANALYSIS_MARKER + "\n"
