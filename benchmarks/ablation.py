@@ -54,6 +54,7 @@ class Variant:
     fg_signal: str = "activation"  # or "identity": what recurs in an identity's images (icg.model.identity_contrast)
     part_assignment: str = "argmax"  # or "foreground": background against the union of the parts first (eq. 8)
     refit_classifier: bool = False  # the part classifier set to the least-squares fit of each clustering's labels
+    part_position: bool = False  # the part classifier also reads the cell's row
 
 
 RUNS = {
@@ -71,6 +72,16 @@ RUNS = {
     "ICG-K6-identity-refit": Variant(
         fg_threshold="otsu", fg_signal="identity", part_assignment="foreground", refit_classifier=True
     ),
+    "ICG-K6-identity-position": Variant(
+        fg_threshold="otsu", fg_signal="identity", part_assignment="foreground", part_position=True
+    ),
+    "ICG-K6-identity-refit-position": Variant(
+        fg_threshold="otsu",
+        fg_signal="identity",
+        part_assignment="foreground",
+        refit_classifier=True,
+        part_position=True,
+    ),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 TABLES = {
@@ -87,12 +98,15 @@ TABLES = {
         "ICG-K6-otsu",
         "ICG-K6-identity",
     ],
-    "Part classifier: trained by its losses only, or refitted to each clustering's labels (least squares)": [
+    "Part classifier: trained by its losses only, or refitted to each clustering's labels (least squares), "
+    "and reading the cells' position": [
         "BoT",
         "ICG-K6-otsu",
         "ICG-K6-otsu-refit",
         "ICG-K6-identity",
         "ICG-K6-identity-refit",
+        "ICG-K6-identity-position",
+        "ICG-K6-identity-refit-position",
     ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
@@ -217,6 +231,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         foreground_from_parts=variant.foreground_from_parts,
         fg_signal=variant.fg_signal,
         part_assignment=variant.part_assignment,
+        part_position=variant.part_position,
         **{**recipe, **args.model_args},
     )
     labels = (

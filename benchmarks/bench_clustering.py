@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 
 from icg.clustering import ClusteringResult, PartClustering, SphericalKMeans, cluster_part_labels
 from icg.data import SyntheticDataModule
+from icg.model import PixelPartClassifier
 from icg.module import ICGModule
 
 CHANNELS, HEIGHT, WIDTH = 2048, 16, 8
@@ -126,7 +127,7 @@ def run_workload(
         niter=niter,
         batch_size=128,
         kmeans=kmeans,
-        classifier_statistics=classifier_statistics,
+        classifier_inputs=PixelPartClassifier(2048, num_parts).inputs if classifier_statistics else None,
     )
     return time.perf_counter() - start, kmeans, result
 

@@ -245,10 +245,10 @@ class ClusteringResult:
         clustered_identities: identities clustered.
         skipped_identities: identities with fewer foreground cells than ``K`` (left unlabeled).
         seconds: wall time of the pass.
-        gram, moments: with ``classifier_statistics``, the sums over every cell of the labelled images of
-            ``z z^T`` (``float64 [C + 1, C + 1]``) and ``z onehot(label)^T`` (``float64 [C + 1, K + 1]``), with
-            ``z = [unit feature, 1]`` (:meth:`icg.model.PixelPartClassifier.fit_least_squares`); ``None`` without
-            it or when no image was labelled.
+        gram, moments: with ``classifier_inputs``, the sums over every cell of the labelled images of
+            ``z z^T`` (``float64 [D + 1, D + 1]``) and ``z onehot(label)^T`` (``float64 [D + 1, K + 1]``), with
+            ``z = [classifier input, 1]`` (:meth:`icg.model.PixelPartClassifier.fit_least_squares`); ``None``
+            without it or when no image was labelled.
     """
 
     labels: Tensor
@@ -278,14 +278,14 @@ class _Identity:
     """What the streaming pass keeps of the identity it is reading: its rows, and per image the unit features of
     its cells (under the activation rule only the foreground ones, with the foreground mask ``[h, w]``; under the
     identity rule all ``h * w``, whose foreground is decided when the identity is complete), and with
-    ``classifier_statistics`` the sum of ``z z^T`` over all its cells (``z = [unit feature, 1]``)."""
+    ``classifier_inputs`` those inputs of all its cells (``[h * w, D]`` per image)."""
 
     ordinal: int
     pid: int
     rows: list[int] = field(default_factory=list)
     cells: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
-    gram: Tensor | float = 0.0
+    inputs: list[Tensor] = field(default_factory=list)
 
 
 def _with_bias(cells: Tensor) -> Tensor:
@@ -316,7 +316,7 @@ def cluster_part_labels(
     rank: int = 0,
     world_size: int = 1,
     kmeans: SphericalKMeans | None = None,
-    classifier_statistics: bool = False,
+    classifier_inputs: Callable[[Tensor], Tensor] | None = None,
     progress: bool = False,
 ) -> ClusteringResult:
     """Part pseudo-labels of one rank's identities, streaming one identity at a time.
@@ -343,8 +343,9 @@ def cluster_part_labels(
         device: where ``feature_fn`` runs (default CPU).
         rank, world_size: this process takes the sorted identities ``ids[rank::world_size]``.
         kmeans: the K-means back-end to reuse (default: a new :class:`SphericalKMeans` on ``device``).
-        classifier_statistics: also sum what a least-squares fit of the part classifier to the labels needs
-            (``gram`` and ``moments`` of the result; on ``device``).
+        classifier_inputs: the part classifier's per-cell inputs, ``[B, C, h, w] -> [B, D, h, w]``
+            (:meth:`icg.model.PixelPartClassifier.inputs`); when given, the pass also sums what a least-squares
+            fit of the classifier to the labels needs (``gram`` and ``moments`` of the result; on ``device``).
         progress: show a progress bar.
 
     Returns:
@@ -449,12 +450,13 @@ def cluster_part_labels(
             result.labels[row][mask] = cell_parts.to(torch.uint8)
             result.labeled[row] = True
         result.clustered_identities += 1
-        if classifier_statistics:
-            gram = identity.gram.double()
-            foreground = _with_bias(torch.cat(cells).to(device)).double()
+        if classifier_inputs is not None:
+            inputs = _with_bias(torch.cat(identity.inputs)).double()
+            foreground = inputs[torch.cat([mask.flatten() for mask in masks]).to(device)]
+            gram = inputs.T @ inputs
             moments = foreground.T @ F.one_hot(parts.to(device), num_parts + 1).double()
-            # the background's column: all the identity's cells (the gram's bias row) less its foreground
-            moments[:, 0] = gram[-1] - foreground.sum(dim=0)
+            # the background's column: all the identity's cells less its foreground
+            moments[:, 0] = inputs.sum(dim=0) - foreground.sum(dim=0)
             first = result.gram is None
             result.gram = gram if first else result.gram + gram
             result.moments = moments if first else result.moments + moments
@@ -464,8 +466,9 @@ def cluster_part_labels(
     with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
         for batch in loader(order):
             feature_map = feature_maps(batch)
-            unit_cells = _unit_cells(feature_map)
-            cells = unit_cells.cpu()
+            cells = _unit_cells(feature_map).cpu()
+            if classifier_inputs is not None:
+                inputs = classifier_inputs(feature_map).float().flatten(2).transpose(1, 2)
             if fg_signal == "activation":
                 masks = foreground_target(feature_map, fg_threshold).bool().cpu()
             result.total_cells += cells.shape[0] * cells.shape[1]
@@ -478,9 +481,8 @@ def cluster_part_labels(
                         finish(current)
                     current = _Identity(ordinal[pid], pid)
                 current.rows.append(row)
-                if classifier_statistics:
-                    image_z = _with_bias(unit_cells[i])
-                    current.gram = current.gram + image_z.T @ image_z
+                if classifier_inputs is not None:
+                    current.inputs.append(inputs[i])
                 if fg_signal == "activation":  # only the foreground is kept
                     current.masks.append(masks[i])
                     image_cells = image_cells[masks[i].flatten()]
@@ -518,7 +520,7 @@ class PartClustering(Callback):
             purity, while a converged linear fit on the same final features reached 74%: with the learning rate
             decayed, the steps after the last clustering are too few for the classifier to catch up with the
             labels (``benchmarks/RESULTS-256x128.md``).
-        refit_ridge: the fit's ridge, relative to the mean diagonal of the features' gram matrix.
+        refit_ridge: the fit's ridge, relative to the mean diagonal of the gram matrix of the classifier's inputs.
 
     Outside a Trainer, :meth:`cluster` labels a module directly (a notebook, a test).
     """
@@ -651,7 +653,7 @@ class PartClustering(Callback):
                 rank=rank,
                 world_size=world_size,
                 kmeans=self._kmeans_for(num_parts, device),
-                classifier_statistics=classifier is not None,
+                classifier_inputs=None if classifier is None else classifier.inputs,
                 progress=progress,
             )
         finally:

@@ -96,6 +96,8 @@ class ICGModule(LightningModule):
             ``"foreground"`` (background against the union of the parts first, eq. 8); it decides which parts are
             visible (:func:`~icg.model.ppc.assign_parts`).
         pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
+        part_position: the part classifier also reads each cell's height (not in the paper; see
+            :class:`~icg.model.ppc.PixelPartClassifier`).
         attention_kernel: kernel size of the AFM's spatial attention.
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
@@ -143,6 +145,7 @@ class ICGModule(LightningModule):
         foreground_from_parts: bool = True,
         part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
+        part_position: bool = False,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
@@ -195,6 +198,7 @@ class ICGModule(LightningModule):
             foreground_from_parts=foreground_from_parts,
             part_assignment=part_assignment,
             pixel_logit_scale=pixel_logit_scale,
+            part_position=part_position,
             attention_kernel=attention_kernel,
             gcn_layers=gcn_layers,
             output_stride=output_stride,

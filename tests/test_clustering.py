@@ -293,26 +293,29 @@ def test_bad_inputs_name_the_argument() -> None:
 
 # ------------------------------------------------------------------------------------ refitting the classifier
 def brute_force_statistics(
-    maps: list[Tensor], labels: Tensor, labeled: Tensor, num_parts: int
+    maps: list[Tensor], labels: Tensor, labeled: Tensor, num_parts: int, position: bool
 ) -> tuple[Tensor, Tensor]:
-    """``sum z z^T`` and ``sum z onehot(label)^T`` over every cell of the labelled images, one cell at a time."""
-    channels = maps[0].shape[0]
-    gram = torch.zeros(channels + 1, channels + 1, dtype=torch.float64)
-    moments = torch.zeros(channels + 1, num_parts + 1, dtype=torch.float64)
+    """``sum z z^T`` and ``sum z onehot(label)^T`` over every cell of the labelled images, one cell at a time;
+    ``z`` = [unit feature, (the row centre in (-1, 1),) 1]."""
+    size = maps[0].shape[0] + position + 1
+    gram = torch.zeros(size, size, dtype=torch.float64)
+    moments = torch.zeros(size, num_parts + 1, dtype=torch.float64)
     for fmap, image_labels, is_labeled in zip(maps, labels, labeled):
         if not is_labeled:
             continue
-        for y in range(fmap.shape[1]):
+        height = fmap.shape[1]
+        for y in range(height):
             for x in range(fmap.shape[2]):
                 cell = fmap[:, y, x].double()
-                z = torch.cat([cell / cell.norm(), torch.ones(1, dtype=torch.float64)])
+                row = [(y + 0.5) / height * 2 - 1] if position else []
+                z = torch.cat([cell / cell.norm(), torch.tensor([*row, 1.0], dtype=torch.float64)])
                 gram += torch.outer(z, z)
                 moments[:, int(image_labels[y, x])] += z
     return gram, moments
 
 
-@pytest.mark.parametrize("fg_signal", ["activation", "identity"])
-def test_classifier_statistics_sum_over_every_cell_of_the_labelled_images(fg_signal: str) -> None:
+@pytest.mark.parametrize(("fg_signal", "position"), [("activation", False), ("identity", False), ("identity", True)])
+def test_classifier_statistics_sum_over_every_cell_of_the_labelled_images(fg_signal: str, position: bool) -> None:
     if fg_signal == "identity":
         pids = [0, 0, 0, 1, 1, 1, 2]  # identity 2 has one image: unlabeled, left out of the sums
         maps = person_on_backdrop_maps(pids)[0]
@@ -330,10 +333,10 @@ def test_classifier_statistics_sum_over_every_cell_of_the_labelled_images(fg_sig
         fg_signal=fg_signal,
         fg_threshold="otsu" if fg_signal == "identity" else 0.5,
         batch_size=4,
-        classifier_statistics=True,
+        classifier_inputs=PixelPartClassifier(8, 3, position=position).inputs,
     )
     assert not result.labeled[-1] and result.labeled[:-1].all()
-    gram, moments = brute_force_statistics(maps, result.labels, result.labeled, 3)
+    gram, moments = brute_force_statistics(maps, result.labels, result.labeled, 3, position)
     # float32 features summed image by image: float32 rounding
     torch.testing.assert_close(result.gram, gram, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.moments, moments, rtol=1e-5, atol=1e-5)
@@ -343,17 +346,20 @@ def test_classifier_statistics_sum_over_every_cell_of_the_labelled_images(fg_sig
 class ModuleWithClassifier(FakeModule):
     """:class:`FakeModule` with the part classifier that ``refit_classifier`` sets."""
 
-    def __init__(self, num_rows: int, label_size: tuple[int, int], channels: int, num_parts: int = 3) -> None:
+    def __init__(
+        self, num_rows: int, label_size: tuple[int, int], channels: int, num_parts: int = 3, position: bool = False
+    ) -> None:
         super().__init__(num_rows, label_size, num_parts)
-        self.part_classifier = PixelPartClassifier(channels, num_parts)
+        self.part_classifier = PixelPartClassifier(channels, num_parts, position=position)
 
 
-def test_refit_makes_the_classifier_predict_the_new_labels() -> None:
+@pytest.mark.parametrize("position", [False, True])
+def test_refit_makes_the_classifier_predict_the_new_labels(position: bool) -> None:
     maps, pids = [], []
     for pid in range(3):
         maps += band_maps(3, seed=50 + pid)[0]
         pids += [pid] * 3
-    module = ModuleWithClassifier(len(maps), (12, 4), channels=8)
+    module = ModuleWithClassifier(len(maps), (12, 4), channels=8, position=position)
     before = module.part_classifier(torch.stack(maps)).argmax(dim=1)
     PartClustering(refit_classifier=True, refit_ridge=1e-3).cluster(module, MapDataset(maps), pids)
     labels = module.part_labels.labels.long()

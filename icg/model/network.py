@@ -139,6 +139,8 @@ class ICGNet(nn.Module):
             (:func:`~icg.model.ppc.assign_parts`). It decides the parts' visibility.
         pixel_logit_scale: ``s``, the logit scale of the part classifier and the foreground head (see
             :mod:`icg.model.ppc`).
+        part_position: the part classifier also reads each cell's height (not in the paper; see
+            :class:`~icg.model.ppc.PixelPartClassifier`).
         attention_kernel: kernel size of the AFM's spatial attention (CBAM: 7).
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
@@ -162,6 +164,7 @@ class ICGNet(nn.Module):
         foreground_from_parts: bool = True,
         part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
+        part_position: bool = False,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
@@ -199,7 +202,9 @@ class ICGNet(nn.Module):
             else None
         )
         self.part_classifier = (
-            PixelPartClassifier(channels, num_parts, logit_scale=pixel_logit_scale) if use_ppc else None
+            PixelPartClassifier(channels, num_parts, logit_scale=pixel_logit_scale, position=part_position)
+            if use_ppc
+            else None
         )
         self.graph = FlexibleStructureGraph(num_parts, channels, num_layers=gcn_layers) if use_fsg else None
         self.heads = nn.ModuleDict({name: BNNeck(dim, num_classes) for name, dim in self.branch_dims.items()})

@@ -51,20 +51,26 @@ __all__ = [
 class PixelPartClassifier(nn.Module):
     """Per-cell classifier over background + ``num_parts`` parts, on L2-normalised features (eq. 5-6).
 
-    ``logits = logit_scale * (W x / ||x|| + b)``: normalising each cell makes the classification depend on its
-    direction only, and the scale lets the logits reach the confidence that a cross-entropy asks for (see the
-    module docstring for the measurement).
+    ``logits = logit_scale * (W z + b)`` with ``z = x / ||x||`` (:meth:`inputs`): normalising each cell makes the
+    classification depend on its direction only, and the scale lets the logits reach the confidence that a
+    cross-entropy asks for (see the module docstring for the measurement).
+
+    With ``position=True`` (not in the paper) ``z`` also holds the cell centre's row, in ``(-1, 1)`` from top to
+    bottom: a linear term in the height lets the classifier tell apart cells that look alike but sit at different
+    heights (dark hair and dark shoes), the ambiguity that mixes the parts of a classifier on appearance alone.
+    Not the column: body parts are stacked, and a column term lets the parts split the person left from right.
 
     Args:
         in_channels: ``C`` of the feature map.
         num_parts: ``K``.
         logit_scale: ``s`` (> 0); 1 is the plain normalised classifier.
+        position: append the cell's row coordinate to its unit feature.
 
     Shapes:
         ``forward``: ``[B, C, h, w] -> [B, K + 1, h, w]`` logits, channel 0 = background.
     """
 
-    def __init__(self, in_channels: int, num_parts: int, *, logit_scale: float = 16.0) -> None:
+    def __init__(self, in_channels: int, num_parts: int, *, logit_scale: float = 16.0, position: bool = False) -> None:
         super().__init__()
         if num_parts < 1:
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
@@ -72,24 +78,35 @@ class PixelPartClassifier(nn.Module):
             raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
         self.num_parts = num_parts
         self.logit_scale = logit_scale
-        self.conv = nn.Conv2d(in_channels, num_parts + 1, kernel_size=1)
+        self.position = position
+        self.conv = nn.Conv2d(in_channels + position, num_parts + 1, kernel_size=1)
+
+    def inputs(self, feature_map: Tensor) -> Tensor:
+        """What the 1x1 convolution reads: ``[B, C, h, w] -> [B, D, h, w]``, the unit features (``D = C``), and
+        with ``position`` then the cell centres' row coordinate (``D = C + 1``)."""
+        unit = F.normalize(feature_map, dim=1)
+        if not self.position:
+            return unit
+        batch, _, height, width = feature_map.shape
+        rows = (torch.arange(height, device=unit.device, dtype=unit.dtype) + 0.5) * (2 / height) - 1
+        return torch.cat([unit, rows[:, None].expand(batch, 1, height, width)], dim=1)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        return self.logit_scale * self.conv(F.normalize(feature_map, dim=1))
+        return self.logit_scale * self.conv(self.inputs(feature_map))
 
     @torch.no_grad()
     def fit_least_squares(self, gram: Tensor, moments: Tensor, *, ridge: float = 1e-2) -> None:
-        """Sets the weights to the ridge regression of the one-hot labels on the cells' unit features.
+        """Sets the weights to the ridge regression of the one-hot labels on the classifier's inputs.
 
-        With ``z = [x / ||x||, 1]`` for every labelled cell, the weights ``[W | b]`` solve
+        With ``z = [inputs, 1]`` (:meth:`inputs`) for every labelled cell, the weights ``[W | b]`` solve
         ``(sum z z^T + ridge * mean(diag) * I) [W | b]^T = sum z onehot(label)^T``: the classifier predicts the
         labels as well as a converged linear fit, at once (see :class:`icg.clustering.PartClustering`,
         ``refit_classifier``). The scores are near 1 for the label and 0 elsewhere, so with the logit scale the
         softmax is confident where the fit is.
 
         Args:
-            gram: ``[C + 1, C + 1]``, ``sum z z^T``.
-            moments: ``[C + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background).
+            gram: ``[D + 1, D + 1]``, ``sum z z^T`` (``D``: the channels of :meth:`inputs`).
+            moments: ``[D + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background).
             ridge: regularisation relative to the mean diagonal of ``gram`` (> 0).
         """
         channels = self.conv.in_channels

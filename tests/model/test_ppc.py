@@ -211,3 +211,27 @@ def test_least_squares_fit_checks_its_inputs() -> None:
         classifier.fit_least_squares(torch.eye(5), torch.zeros(5, 4))
     with pytest.raises(ValueError, match="ridge"):
         classifier.fit_least_squares(torch.eye(6), torch.zeros(6, 4), ridge=0.0)
+
+
+def test_position_inputs_are_the_cell_centres() -> None:
+    feature_map = torch.randn(2, 5, 4, 2)
+    inputs = PixelPartClassifier(5, num_parts=3, position=True).inputs(feature_map)
+    assert inputs.shape == (2, 6, 4, 2)
+    torch.testing.assert_close(inputs[:, :5], F.normalize(feature_map, dim=1))
+    # hand-computed: 4 rows split (-1, 1) into equal cells, the same in every column
+    for image, column in [(0, 0), (1, 1)]:
+        torch.testing.assert_close(inputs[image, 5, :, column], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.equal(PixelPartClassifier(5, num_parts=3).inputs(feature_map), F.normalize(feature_map, dim=1))
+
+
+@pytest.mark.parametrize("position", [False, True])
+def test_position_separates_cells_that_look_alike(position: bool) -> None:
+    # every cell has the same feature; the top half is part 1, the bottom half part 2
+    feature_map = torch.ones(1, 4, 6, 2)
+    labels = torch.tensor([1] * 3 + [2] * 3)[:, None].expand(6, 2)
+    classifier = PixelPartClassifier(4, num_parts=2, position=position)
+    height = [[(2 * y + 1) / 6 - 1] if position else [] for y in range(6) for _ in range(2)]  # row-major cells
+    z = torch.tensor([[0.5] * 4 + row + [1.0] for row in height], dtype=torch.float64)
+    classifier.fit_least_squares(z.T @ z, z.T @ F.one_hot(labels.reshape(-1), 3).double(), ridge=1e-3)
+    accuracy = (classifier(feature_map).argmax(dim=1)[0] == labels).float().mean()
+    assert accuracy == (1.0 if position else 0.5)
