@@ -99,7 +99,7 @@ TABLES = {
         "ICG-K6-identity",
     ],
     "Part classifier: trained by its losses only, or refitted to each clustering's labels (least squares), "
-    "and reading the cells' position": [
+    "and reading the cell's height": [
         "BoT",
         "ICG-K6-otsu",
         "ICG-K6-otsu-refit",
