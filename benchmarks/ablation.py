@@ -27,7 +27,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -57,6 +57,7 @@ class Variant:
     part_position: bool = False  # the part classifier also reads the cell's row
 
 
+IDENTITY = Variant(fg_threshold="otsu", fg_signal="identity", part_assignment="foreground")
 RUNS = {
     "BoT": Variant(use_afm=False, use_ppc=False, use_fsg=False),
     "+AFM": Variant(use_ppc=False, use_fsg=False),
@@ -66,22 +67,13 @@ RUNS = {
     "ICG-K6-eq16": Variant(foreground_from_parts=False),  # P_f from the AFM's own head instead of 1 - P_0
     "ICG-K6-otsu": Variant(fg_threshold="otsu"),  # eq. 3 with Otsu's per-image threshold instead of 0.5
     # from scratch, where the norms mark the background: the foreground from the identity contrast
-    "ICG-K6-identity": Variant(fg_threshold="otsu", fg_signal="identity", part_assignment="foreground"),
+    "ICG-K6-identity": IDENTITY,
     # the part classifier refitted to every clustering's labels (PartClustering(refit_classifier=True))
     "ICG-K6-otsu-refit": Variant(fg_threshold="otsu", refit_classifier=True),
-    "ICG-K6-identity-refit": Variant(
-        fg_threshold="otsu", fg_signal="identity", part_assignment="foreground", refit_classifier=True
-    ),
-    "ICG-K6-identity-position": Variant(
-        fg_threshold="otsu", fg_signal="identity", part_assignment="foreground", part_position=True
-    ),
-    "ICG-K6-identity-refit-position": Variant(
-        fg_threshold="otsu",
-        fg_signal="identity",
-        part_assignment="foreground",
-        refit_classifier=True,
-        part_position=True,
-    ),
+    "ICG-K6-identity-refit": replace(IDENTITY, refit_classifier=True),
+    # the part classifier also reads the cell's height (ICGModule(part_position=True))
+    "ICG-K6-identity-position": replace(IDENTITY, part_position=True),
+    "ICG-K6-identity-refit-position": replace(IDENTITY, refit_classifier=True, part_position=True),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 TABLES = {

@@ -127,7 +127,7 @@ def run_workload(
         niter=niter,
         batch_size=128,
         kmeans=kmeans,
-        classifier_inputs=PixelPartClassifier(2048, num_parts).inputs if classifier_statistics else None,
+        classifier_inputs=PixelPartClassifier(CHANNELS, num_parts).inputs if classifier_statistics else None,
     )
     return time.perf_counter() - start, kmeans, result
 
