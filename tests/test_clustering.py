@@ -23,6 +23,7 @@ from icg.clustering import (
     PartClustering,
     SphericalKMeans,
     cluster_part_labels,
+    height_embedding,
     kmeans_plusplus,
     parts_top_to_bottom,
 )
@@ -277,6 +278,57 @@ def test_identity_signal_labels_the_person_where_the_norms_label_the_backdrop() 
         cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), fg_signal="norm")
     with pytest.raises(ValueError, match="reference_images"):
         cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), reference_images=0)
+
+
+def test_height_embedding_hand_case() -> None:
+    # 5 rows: angles 0, pi/8, pi/4, 3 pi/8, pi/2
+    points = height_embedding(torch.tensor([0, 2, 4]), 5, 2.0)
+    half = 2.0 * np.sqrt(0.5)
+    np.testing.assert_allclose(points.numpy(), [[2.0, 0.0], [half, half], [0.0, 2.0]], atol=1e-6)
+    # the inner product falls with the distance in rows: w^2 at the same row, w^2 cos(pi / 4) two rows apart, 0
+    # from top to bottom
+    gram = (points @ points.T).numpy()
+    np.testing.assert_allclose(gram[0], [4.0, 4.0 * np.sqrt(0.5), 0.0], atol=1e-6)
+
+
+def uniform_person_maps(pids: list[int], *, height: int = 12, width: int = 4) -> list[Tensor]:
+    """A person that looks the same from head to feet (one direction per identity, small noise) in the middle two
+    columns, over a low-norm backdrop: appearance alone gives K-means no reason to cut it into bands."""
+    generator = torch.Generator().manual_seed(0)
+    maps = []
+    for pid in pids:
+        fmap = 0.05 * torch.rand(8, height, width, generator=generator)
+        fmap[:, :, 1:3] = 0.1 * torch.randn(8, height, 2, generator=generator)
+        fmap[pid, :, 1:3] += 1.0
+        maps.append(fmap)
+    return maps
+
+
+def is_banded(labels: Tensor) -> bool:
+    """In both columns of the person (1, 2) the labels never decrease downwards: every part is one band."""
+    person = labels[:, 1:3].long()
+    return bool((person[1:] >= person[:-1]).all())
+
+
+def test_height_weight_makes_each_identity_s_clusters_bands_of_the_person() -> None:
+    pids = [pid for pid in range(4) for _ in range(3)]
+    dataset = MapDataset(uniform_person_maps(pids))
+
+    def labels(height_weight: float) -> Tensor:
+        result = cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), height_weight=height_weight)
+        assert result.labeled.all() and result.foreground_cells == len(pids) * 12 * 2
+        return result.labels
+
+    banded = labels(2.0)
+    assert all(is_banded(image) for image in banded)
+    assert all(set(image[:, 1:3].unique().tolist()) == {1, 2, 3} for image in banded)
+    assert not banded[:, :, [0, 3]].any()
+    # the features alone cut the uniform person at random
+    assert not all(is_banded(image) for image in labels(0.0))
+    with pytest.raises(ValueError, match="height_weight"):
+        cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), height_weight=-1.0)
+    with pytest.raises(ValueError, match="height_weight"):
+        PartClustering(height_weight=float("nan"))
 
 
 def test_bad_inputs_name_the_argument() -> None:
