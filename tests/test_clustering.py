@@ -323,6 +323,10 @@ def test_height_weight_makes_each_identity_s_clusters_bands_of_the_person() -> N
     assert all(is_banded(image) for image in banded)
     assert all(set(image[:, 1:3].unique().tolist()) == {1, 2, 3} for image in banded)
     assert not banded[:, :, [0, 3]].any()
+    # the callback passes its weight on: same seed and iterations, same labels
+    module = FakeModule(len(pids), (12, 4))
+    PartClustering(height_weight=2.0).cluster(module, dataset, pids)
+    assert torch.equal(module.part_labels.labels, banded)
     # the features alone cut the uniform person at random
     assert not all(is_banded(image) for image in labels(0.0))
     with pytest.raises(ValueError, match="height_weight"):
