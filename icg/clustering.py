@@ -28,7 +28,7 @@ Decisions the paper leaves open:
   :class:`SphericalKMeans`, reused).
 * **Height (option, not in the paper).** With ``height_weight > 0`` a cell's row joins its feature in K-means
   (:func:`height_embedding`), so that the clusters of every identity are bands of the person and label ``k``
-  names the same body part across identities (see :class:`PartClustering`).
+  names more nearly the same body part across identities (see :class:`PartClustering`).
 * **Too few foreground cells.** An identity with fewer foreground cells than ``K`` (under the identity rule, also
   one with a single image, which has nothing to be compared with) is not clustered: its rows
   are left unlabeled (flag ``False``, labels 0), so the module falls back to ``K`` horizontal bands of
@@ -552,7 +552,7 @@ class PartClustering(Callback):
             0, the paper's clustering, by default). Each identity's clusters are numbered by mean row, but
             identities split the person differently (one splits the upper body in three, another the legs), so
             label ``k`` names different body parts for different identities and the shared part classifier
-            learns a blend; the height term makes the clusters bands of the person, alike across identities.
+            learns a blend; the height term makes the clusters bands of the person, more alike across identities.
             Measured at 256x128 from the stand-in (identity contrast, refit, ``part_position``; 5 seeds), ``w = 2``
             raised the labels' purity from 74% to 77%, the predicted parts' from 74% to 76%, the share of test
             images with parts in order from 67% to 76% (``benchmarks/RESULTS-256x128-height.md``).
