@@ -57,6 +57,7 @@ class Variant:
     refit_classifier: bool = False  # the part classifier set to the least-squares fit of each clustering's labels
     part_position: bool = False  # the part classifier also reads the cell's row
     height_weight: float = 0.0  # the cell's row joins its feature in K-means (PartClustering(height_weight=...))
+    shared_parts: bool = False  # one K-means over all identities (PartClustering(shared_parts=True))
 
 
 HEIGHT_WEIGHT = 2.0  # chosen on the development population (seed 2000): 1, 2, 4 gave test purity 73, 76, 74%
@@ -242,7 +243,10 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         TruePartLabels()
         if variant.true_parts
         else PartClustering(
-            every_n_epochs=2, refit_classifier=variant.refit_classifier, height_weight=variant.height_weight
+            every_n_epochs=2,
+            refit_classifier=variant.refit_classifier,
+            height_weight=variant.height_weight,
+            shared_parts=variant.shared_parts,
         )
     )
     trainer = quiet_trainer(

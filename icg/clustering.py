@@ -48,8 +48,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,7 @@ __all__ = [
     "height_embedding",
     "kmeans_plusplus",
     "parts_top_to_bottom",
+    "shared_part_centroids",
 ]
 
 log = logging.getLogger(__name__)
@@ -315,6 +317,256 @@ def height_embedding(rows: Tensor, height: int, weight: float) -> Tensor:
     return (weight * torch.stack([angle.cos(), angle.sin()], dim=1)).float()
 
 
+def _kmeans_points(cells: Tensor, rows: Tensor, height: int, height_weight: float) -> Tensor:
+    """What K-means clusters: the unit cells ``[n, C]``, with ``height_weight > 0`` their rows appended
+    (:func:`height_embedding`) and every point scaled back to norm 1: ``[n, C]`` or ``[n, C + 2]``."""
+    if height_weight == 0:
+        return cells
+    return torch.cat([cells, height_embedding(rows, height, height_weight)], dim=1) / math.sqrt(1 + height_weight**2)
+
+
+def _foreground_identities(
+    feature_fn: Callable[[Tensor], Tensor],
+    dataset: Dataset,
+    pids: Sequence[int],
+    *,
+    caller: str,
+    label_size: tuple[int, int],
+    fg_threshold: FgThreshold,
+    fg_signal: FgSignal,
+    reference_images: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    classifier_inputs: Callable[[Tensor], Tensor] | None,
+    progress: bool,
+) -> Iterator[_Identity]:
+    """This rank's identities (``ids[rank::world_size]`` of the sorted ids), one at a time and complete: each
+    with its rows, per image the foreground mask ``bool [h, w]`` and the unit features of the foreground cells
+    ``[n_i, C]`` (float32, CPU), and with ``classifier_inputs`` those inputs of all its cells. Arguments as in
+    :func:`cluster_part_labels`; they are checked here, errors name ``caller``."""
+    if len(pids) != len(dataset):
+        raise ValueError(f"{caller}: got {len(pids)} pids for a dataset of {len(dataset)} items")
+    check_fg_threshold(fg_threshold, caller)
+    check_fg_signal(fg_signal, caller)
+    if reference_images < 1:
+        raise ValueError(f"{caller}: reference_images must be >= 1, got {reference_images}")
+    if batch_size < 1:
+        raise ValueError(f"{caller}: batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"{caller}: rank must be in [0, world_size={world_size}), got {rank}")
+    height, width = label_size
+    identities = sorted(set(int(pid) for pid in pids))
+    ordinal = {pid: j for j, pid in enumerate(identities)}
+    rows_of: dict[int, list[int]] = {pid: [] for pid in identities[rank::world_size]}
+    for row, pid in enumerate(pids):
+        if int(pid) in rows_of:
+            rows_of[int(pid)].append(row)
+    order = [row for rows in rows_of.values() for row in rows]
+
+    def loader(rows: Sequence[int]) -> DataLoader:
+        return DataLoader(
+            Subset(dataset, rows),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+        )
+
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast("cuda", dtype=dtype)
+    else:
+        autocast = torch.autocast(device.type, enabled=False)
+
+    def feature_maps(batch: Any) -> Tensor:
+        if not isinstance(batch, dict) or "image" not in batch:
+            raise TypeError(f"{caller}: dataset items must be dicts with an 'image' tensor")
+        with torch.no_grad(), autocast:
+            feature_map = feature_fn(batch["image"].to(device, non_blocking=True))
+        if feature_map.dim() != 4 or tuple(feature_map.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"{caller}: feature_fn gave shape {tuple(feature_map.shape)}, expected [B, C, {height}, {width}] "
+                "(label_size)"
+            )
+        return feature_map.float()
+
+    def complete(identity: _Identity) -> _Identity:
+        if fg_signal == "identity":  # the foreground is decided now that all the identity's images are in
+            masks = identity_masks(identity)
+            identity.cells = [cells[mask.flatten()] for cells, mask in zip(identity.cells, masks)]
+            identity.masks = masks
+        return identity
+
+    def stream() -> Iterator[_Identity]:
+        current: _Identity | None = None
+        position = 0
+        with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
+            for batch in loader(order):
+                feature_map = feature_maps(batch)
+                cells = _unit_cells(feature_map).cpu()
+                if classifier_inputs is not None:
+                    inputs = classifier_inputs(feature_map).float().flatten(2).transpose(1, 2)
+                if fg_signal == "activation":
+                    masks = foreground_target(feature_map, fg_threshold).bool().cpu()
+                for i, image_cells in enumerate(cells):
+                    row = order[position]
+                    position += 1
+                    pid = int(pids[row])
+                    if current is None or current.pid != pid:
+                        if current is not None:
+                            yield complete(current)
+                        current = _Identity(ordinal[pid], pid)
+                    current.rows.append(row)
+                    if classifier_inputs is not None:
+                        current.inputs.append(inputs[i])
+                    if fg_signal == "activation":  # only the foreground is kept
+                        current.masks.append(masks[i])
+                        image_cells = image_cells[masks[i].flatten()]
+                    current.cells.append(image_cells)
+                bar.update(len(cells))
+        if current is not None:
+            yield complete(current)
+
+    if fg_signal == "identity":
+        # the same images for every rank and every identity: spread evenly over the training set
+        reference_rows = np.unique(np.linspace(0, len(dataset) - 1, min(reference_images, len(dataset))).round())
+        reference_rows = reference_rows.astype(np.int64).tolist()
+        reference_cells = torch.cat([_unit_cells(feature_maps(batch)) for batch in loader(reference_rows)])
+        reference_pids = torch.tensor([int(pids[row]) for row in reference_rows], device=device)
+
+    def identity_masks(identity: _Identity) -> list[Tensor]:
+        others = reference_pids != identity.pid
+        if len(identity.cells) < 2 or not bool(others.any()):
+            return [torch.zeros(height, width, dtype=torch.bool) for _ in identity.cells]
+        score = identity_contrast(torch.stack(identity.cells).to(device), reference_cells[others])
+        low, high = score.amin(dim=1, keepdim=True), score.amax(dim=1, keepdim=True)
+        relative = (score - low) / (high - low).clamp_min(torch.finfo(torch.float32).eps)
+        return list(split_foreground(relative.view(-1, height, width), fg_threshold).bool().cpu())
+
+    return stream()
+
+
+def shared_part_centroids(
+    feature_fn: Callable[[Tensor], Tensor],
+    dataset: Dataset,
+    pids: Sequence[int],
+    num_parts: int,
+    *,
+    label_size: tuple[int, int],
+    fg_threshold: FgThreshold = 0.5,
+    fg_signal: FgSignal = "activation",
+    reference_images: int = 64,
+    height_weight: float = 0.0,
+    max_points: int = 20_000,
+    niter: int = 20,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    kmeans: SphericalKMeans | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Part centroids shared by every identity: one spherical K-means over the foreground cells of all of them.
+
+    The first of the two passes of :class:`PartClustering` with ``shared_parts=True``; the second labels each
+    cell by its nearest centroid (:func:`cluster_part_labels` with ``centroids``), so label ``k`` is one cluster
+    for every identity. K-means runs on a sample: up to ``ceil(max_points / identities)`` foreground cells of
+    each identity, drawn from ``(seed, identity's position among the sorted ids)``, so the sample, and the
+    centroids, do not depend on how the identities are spread over processes.
+
+    Args:
+        feature_fn, dataset, pids, num_parts, label_size, fg_threshold, fg_signal, reference_images,
+            height_weight, niter, seed, batch_size, num_workers, device, rank, world_size, progress: as in
+            :func:`cluster_part_labels`.
+        max_points: the sample's size at most.
+        reduce: sums a tensor over the processes (DDP; ``None`` in a single process, where ``world_size`` must
+            be 1): every rank samples its own identities and all of them cluster the union.
+        kmeans: the K-means back-end to reuse (default: a new :class:`SphericalKMeans` on ``device``).
+
+    Returns:
+        ``float32 [K', D]`` unit centroids (``D = C``, or ``C + 2`` with the height), numbered top to bottom by
+        the mean row of their sample cells; ``K' < K`` only when a cluster came out empty, ``K' = 0`` when no
+        identity has a foreground cell.
+    """
+    caller = "shared_part_centroids"
+    if num_parts < 1:
+        raise ValueError(f"{caller}: num_parts must be >= 1, got {num_parts}")
+    if not height_weight >= 0:
+        raise ValueError(f"{caller}: height_weight must be >= 0, got {height_weight}")
+    if max_points < 1:
+        raise ValueError(f"{caller}: max_points must be >= 1, got {max_points}")
+    if seed < 0:
+        raise ValueError(f"{caller}: seed must be >= 0, got {seed}")
+    if reduce is None and world_size != 1:
+        raise ValueError(f"{caller}: world_size={world_size} needs reduce, to gather the ranks' samples")
+    device = torch.device("cpu" if device is None else device)
+    height = label_size[0]
+    num_identities = len(set(int(pid) for pid in pids))
+    per_identity = -(-max_points // max(num_identities, 1))
+    local: list[tuple[int, Tensor]] = []  # (ordinal, [n, D + 1] points and their rows)
+    for identity in _foreground_identities(
+        feature_fn,
+        dataset,
+        pids,
+        caller=caller,
+        label_size=label_size,
+        fg_threshold=fg_threshold,
+        fg_signal=fg_signal,
+        reference_images=reference_images,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        classifier_inputs=None,
+        progress=progress,
+    ):
+        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks])
+        if not len(rows):
+            continue
+        points = _kmeans_points(torch.cat(identity.cells), rows, height, height_weight)
+        rng = np.random.default_rng((seed, identity.ordinal))
+        keep = torch.from_numpy(np.sort(rng.permutation(len(points))[:per_identity]))
+        local.append((identity.ordinal, torch.cat([points[keep], rows[keep, None].float()], dim=1)))
+    dim = local[0][1].shape[1] if local else 0
+    if reduce is not None:
+        # a rank without identities learns the dimension from the others
+        known = reduce(torch.tensor([dim, int(dim > 0)], dtype=torch.int64, device=device)).cpu()
+        dim = int(known[0]) // max(int(known[1]), 1)
+    if dim == 0:
+        return torch.zeros(0, 0)
+    # one slot per identity, zeros elsewhere: the sum over the ranks is the union, in the order of the sorted ids
+    sample = torch.zeros(num_identities, per_identity, dim + 1)
+    for ordinal, points in local:
+        sample[ordinal, : len(points), :dim] = points
+        sample[ordinal, : len(points), dim] = 1.0
+    if reduce is not None:
+        sample = reduce(sample.to(device)).cpu()
+    sample = sample.flatten(0, 1)
+    sample = sample[sample[:, dim] > 0]
+    points, rows = sample[:, : dim - 1].contiguous(), sample[:, dim - 1]
+    if len(points) < num_parts:
+        raise ValueError(
+            f"{caller}: {len(points)} foreground cells over all identities cannot form num_parts={num_parts} parts"
+        )
+    if kmeans is None:
+        kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
+    elif kmeans.num_clusters != num_parts:
+        raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+    assignment = kmeans.fit_predict(points.numpy(), rng=np.random.default_rng((seed, num_identities)))
+    order = np.argsort(parts_top_to_bottom(assignment, rows.numpy(), num_parts))
+    counts = np.bincount(assignment, minlength=num_parts)
+    order = order[counts[order] > 0]
+    sums = torch.zeros(num_parts, points.shape[1]).index_add_(0, torch.from_numpy(assignment), points)
+    return F.normalize(sums[torch.from_numpy(order)], dim=1)
+
+
 def cluster_part_labels(
     feature_fn: Callable[[Tensor], Tensor],
     dataset: Dataset,
@@ -335,6 +587,7 @@ def cluster_part_labels(
     kmeans: SphericalKMeans | None = None,
     classifier_inputs: Callable[[Tensor], Tensor] | None = None,
     height_weight: float = 0.0,
+    centroids: Tensor | None = None,
     progress: bool = False,
 ) -> ClusteringResult:
     """Part pseudo-labels of one rank's identities, streaming one identity at a time.
@@ -368,110 +621,75 @@ def cluster_part_labels(
             (:func:`height_embedding`), so that a cluster is a band of the person as well as one appearance and
             label ``k`` is more nearly the same body part for every identity (not in the paper, which clusters
             the features alone; 0).
+        centroids: ``[K', D]`` part centroids shared by all identities (:func:`shared_part_centroids`, with the
+            same ``height_weight``): each foreground cell gets the label of its nearest centroid (by inner
+            product; ``1..K'`` in the centroids' order) instead of a K-means of its identity.
         progress: show a progress bar.
 
     Returns:
         The labels of this rank's rows (zeros elsewhere) and its counts.
     """
     started = time.perf_counter()
-    if len(pids) != len(dataset):
-        raise ValueError(f"cluster_part_labels: got {len(pids)} pids for a dataset of {len(dataset)} items")
+    caller = "cluster_part_labels"
     if num_parts < 1:
-        raise ValueError(f"cluster_part_labels: num_parts must be >= 1, got {num_parts}")
-    check_fg_threshold(fg_threshold, "cluster_part_labels")
-    check_fg_signal(fg_signal, "cluster_part_labels")
-    if reference_images < 1:
-        raise ValueError(f"cluster_part_labels: reference_images must be >= 1, got {reference_images}")
+        raise ValueError(f"{caller}: num_parts must be >= 1, got {num_parts}")
     if seed < 0:
-        raise ValueError(f"cluster_part_labels: seed must be >= 0, got {seed}")
-    if batch_size < 1:
-        raise ValueError(f"cluster_part_labels: batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"{caller}: seed must be >= 0, got {seed}")
     if not height_weight >= 0:
-        raise ValueError(f"cluster_part_labels: height_weight must be >= 0, got {height_weight}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"cluster_part_labels: rank must be in [0, world_size={world_size}), got {rank}")
+        raise ValueError(f"{caller}: height_weight must be >= 0, got {height_weight}")
     device = torch.device("cpu" if device is None else device)
-    if kmeans is None:
+    if kmeans is None and centroids is None:
         kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
-    elif kmeans.num_clusters != num_parts:
-        raise ValueError(f"cluster_part_labels: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
-
+    elif kmeans is not None and kmeans.num_clusters != num_parts:
+        raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+    if centroids is not None and (centroids.dim() != 2 or not 0 < len(centroids) <= num_parts):
+        raise ValueError(
+            f"{caller}: centroids must be [K', D] with 0 < K' <= num_parts={num_parts}, got {tuple(centroids.shape)}"
+        )
+    identities = _foreground_identities(
+        feature_fn,
+        dataset,
+        pids,
+        caller=caller,
+        label_size=label_size,
+        fg_threshold=fg_threshold,
+        fg_signal=fg_signal,
+        reference_images=reference_images,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        classifier_inputs=classifier_inputs,
+        progress=progress,
+    )
     height, width = label_size
     result = ClusteringResult(
         labels=torch.zeros(len(dataset), height, width, dtype=torch.uint8),
         labeled=torch.zeros(len(dataset), dtype=torch.bool),
         part_cells=torch.zeros(num_parts, dtype=torch.int64),
     )
-    identities = sorted(set(int(pid) for pid in pids))
-    ordinal = {pid: j for j, pid in enumerate(identities)}
-    rows_of: dict[int, list[int]] = {pid: [] for pid in identities[rank::world_size]}
-    for row, pid in enumerate(pids):
-        if int(pid) in rows_of:
-            rows_of[int(pid)].append(row)
-    order = [row for rows in rows_of.values() for row in rows]
-
-    def loader(rows: Sequence[int]) -> DataLoader:
-        return DataLoader(
-            Subset(dataset, rows),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            pin_memory=device.type == "cuda",
-        )
-
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast = torch.autocast("cuda", dtype=dtype)
-    else:
-        autocast = torch.autocast(device.type, enabled=False)
-
-    def feature_maps(batch: Any) -> Tensor:
-        if not isinstance(batch, dict) or "image" not in batch:
-            raise TypeError("cluster_part_labels: dataset items must be dicts with an 'image' tensor")
-        with torch.no_grad(), autocast:
-            feature_map = feature_fn(batch["image"].to(device, non_blocking=True))
-        if feature_map.dim() != 4 or tuple(feature_map.shape[-2:]) != (height, width):
-            raise ValueError(
-                f"cluster_part_labels: feature_fn gave shape {tuple(feature_map.shape)}, expected "
-                f"[B, C, {height}, {width}] (label_size)"
-            )
-        return feature_map.float()
-
-    if fg_signal == "identity":
-        # the same images for every rank and every identity: spread evenly over the training set
-        reference_rows = np.unique(np.linspace(0, len(dataset) - 1, min(reference_images, len(dataset))).round())
-        reference_rows = reference_rows.astype(np.int64).tolist()
-        reference_cells = torch.cat([_unit_cells(feature_maps(batch)) for batch in loader(reference_rows)])
-        reference_pids = torch.tensor([int(pids[row]) for row in reference_rows], device=device)
-
-    def identity_masks(identity: _Identity) -> list[Tensor]:
-        others = reference_pids != identity.pid
-        if len(identity.cells) < 2 or not bool(others.any()):
-            return [torch.zeros(height, width, dtype=torch.bool) for _ in identity.cells]
-        score = identity_contrast(torch.stack(identity.cells).to(device), reference_cells[others])
-        low, high = score.amin(dim=1, keepdim=True), score.amax(dim=1, keepdim=True)
-        relative = (score - low) / (high - low).clamp_min(torch.finfo(torch.float32).eps)
-        return list(split_foreground(relative.view(-1, height, width), fg_threshold).bool().cpu())
-
-    def finish(identity: _Identity) -> None:
-        if fg_signal == "identity":
-            masks = identity_masks(identity)
-            cells = [image_cells[mask.flatten()] for image_cells, mask in zip(identity.cells, masks)]
-        else:
-            masks, cells = identity.masks, identity.cells
+    for identity in identities:
+        masks = identity.masks
         counts = [int(mask.sum()) for mask in masks]
+        result.total_cells += len(masks) * height * width
         result.foreground_cells += sum(counts)
         if sum(counts) < num_parts:
             result.skipped_identities += 1
-            return
-        points = torch.cat(cells)
+            continue
         cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in masks])
-        if height_weight > 0:
-            points = torch.cat([points, height_embedding(cell_rows, height, height_weight)], dim=1)
-            points /= math.sqrt(1 + height_weight**2)
-        rng = np.random.default_rng((seed, identity.ordinal))
-        assignment = kmeans.fit_predict(points.numpy(), rng=rng)
-        parts = torch.from_numpy(parts_top_to_bottom(assignment, cell_rows.numpy(), num_parts)[assignment])
+        points = _kmeans_points(torch.cat(identity.cells), cell_rows, height, height_weight)
+        if centroids is not None:
+            if points.shape[1] != centroids.shape[1]:
+                raise ValueError(
+                    f"{caller}: centroids have {centroids.shape[1]} dimensions, the cells {points.shape[1]}; "
+                    "compute them with the same feature_fn and height_weight"
+                )
+            parts = (points @ centroids.float().T).argmax(dim=1) + 1
+        else:
+            rng = np.random.default_rng((seed, identity.ordinal))
+            assignment = kmeans.fit_predict(points.numpy(), rng=rng)
+            parts = torch.from_numpy(parts_top_to_bottom(assignment, cell_rows.numpy(), num_parts)[assignment])
         result.part_cells += torch.bincount(parts - 1, minlength=num_parts)
         for row, mask, cell_parts in zip(identity.rows, masks, parts.split(counts)):
             result.labels[row][mask] = cell_parts.to(torch.uint8)
@@ -487,36 +705,6 @@ def cluster_part_labels(
             first = result.gram is None
             result.gram = gram if first else result.gram + gram
             result.moments = moments if first else result.moments + moments
-
-    current: _Identity | None = None
-    position = 0
-    with tqdm(total=len(order), desc="part clustering", unit="img", disable=not progress, leave=False) as bar:
-        for batch in loader(order):
-            feature_map = feature_maps(batch)
-            cells = _unit_cells(feature_map).cpu()
-            if classifier_inputs is not None:
-                inputs = classifier_inputs(feature_map).float().flatten(2).transpose(1, 2)
-            if fg_signal == "activation":
-                masks = foreground_target(feature_map, fg_threshold).bool().cpu()
-            result.total_cells += cells.shape[0] * cells.shape[1]
-            for i, image_cells in enumerate(cells):
-                row = order[position]
-                position += 1
-                pid = int(pids[row])
-                if current is None or current.pid != pid:
-                    if current is not None:
-                        finish(current)
-                    current = _Identity(ordinal[pid], pid)
-                current.rows.append(row)
-                if classifier_inputs is not None:
-                    current.inputs.append(inputs[i])
-                if fg_signal == "activation":  # only the foreground is kept
-                    current.masks.append(masks[i])
-                    image_cells = image_cells[masks[i].flatten()]
-                current.cells.append(image_cells)
-            bar.update(len(cells))
-    if current is not None:
-        finish(current)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -556,6 +744,11 @@ class PartClustering(Callback):
             Measured at 256x128 from the stand-in (identity contrast, refit, ``part_position``; 5 seeds), ``w = 2``
             raised the labels' purity from 74% to 77%, the predicted parts' from 74% to 76%, the share of test
             images with parts in order from 67% to 76% (``benchmarks/RESULTS-256x128-height.md``).
+        shared_parts: one K-means over the foreground cells of all identities (:func:`shared_part_centroids`, on a
+            sample), each cell then labelled by its nearest centroid, instead of a K-means per identity (the
+            paper's): label ``k`` is then one cluster for every identity, where per-identity clusters numbered
+            top to bottom name different body parts for identities that split the person differently. Costs a
+            second pass over the training images.
 
     Outside a Trainer, :meth:`cluster` labels a module directly (a notebook, a test).
     """
@@ -573,6 +766,7 @@ class PartClustering(Callback):
         refit_classifier: bool = False,
         refit_ridge: float = 1e-2,
         height_weight: float = 0.0,
+        shared_parts: bool = False,
     ) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"PartClustering: every_n_epochs must be >= 1, got {every_n_epochs}")
@@ -602,6 +796,7 @@ class PartClustering(Callback):
         self.refit_classifier = refit_classifier
         self.refit_ridge = refit_ridge
         self.height_weight = height_weight
+        self.shared_parts = shared_parts
         self.last_clustered_epoch: int | None = None
         self._kmeans: SphericalKMeans | None = None
 
@@ -672,29 +867,39 @@ class PartClustering(Callback):
         device = module.device
         started = time.perf_counter()
 
+        # each rank holds zeros outside its identities, so the sum over the ranks is the union
+        reduce = partial(trainer.strategy.reduce, reduce_op="sum") if world_size > 1 else None
+        common = dict(
+            label_size=part_labels.size,
+            fg_threshold=fg_threshold,
+            fg_signal=module.fg_signal,
+            reference_images=self.reference_images,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            num_workers=num_workers,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            kmeans=self._kmeans_for(num_parts, device),
+            height_weight=self.height_weight,
+            progress=progress,
+        )
         was_training = module.training
         module.eval()
         try:
+            centroids = None
+            if self.shared_parts:
+                centroids = shared_part_centroids(
+                    module.feature_maps, dataset, pids, num_parts, reduce=reduce, **common
+                )
             local = cluster_part_labels(
                 module.feature_maps,
                 dataset,
                 pids,
                 num_parts,
-                label_size=part_labels.size,
-                fg_threshold=fg_threshold,
-                fg_signal=module.fg_signal,
-                reference_images=self.reference_images,
-                niter=self.niter,
-                seed=self.seed,
-                batch_size=self.batch_size,
-                num_workers=num_workers,
-                device=device,
-                rank=rank,
-                world_size=world_size,
-                kmeans=self._kmeans_for(num_parts, device),
                 classifier_inputs=None if classifier is None else classifier.inputs,
-                height_weight=self.height_weight,
-                progress=progress,
+                centroids=centroids if centroids is not None and len(centroids) else None,
+                **common,
             )
         finally:
             module.train(was_training)
@@ -706,12 +911,8 @@ class PartClustering(Callback):
             dtype=torch.int64,
         )
         counts = torch.cat([counts, local.part_cells]).to(device)
-        reduce = trainer.strategy.reduce if world_size > 1 else None
         if reduce is not None:
-            # each rank holds zeros outside its identities, so the sum is the union
-            labels = reduce(labels, reduce_op="sum")
-            labeled = reduce(labeled, reduce_op="sum")
-            counts = reduce(counts, reduce_op="sum")
+            labels, labeled, counts = reduce(labels), reduce(labeled), reduce(counts)
         part_labels.assign(labels, labeled.bool())
         if classifier is not None:
             self._refit(classifier, local, reduce)
@@ -749,7 +950,7 @@ class PartClustering(Callback):
             moments = torch.zeros(size, classifier.num_parts + 1, dtype=torch.float64)
         gram, moments = gram.to(device), moments.to(device)
         if reduce is not None:
-            gram, moments = reduce(gram, reduce_op="sum"), reduce(moments, reduce_op="sum")
+            gram, moments = reduce(gram), reduce(moments)
         if bool(moments[-1, 1:].sum() > 0):  # any labelled part cell (the last row counts the cells)
             classifier.fit_least_squares(gram, moments, ridge=self.refit_ridge)
 

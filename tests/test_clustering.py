@@ -6,7 +6,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ from icg.clustering import (
     height_embedding,
     kmeans_plusplus,
     parts_top_to_bottom,
+    shared_part_centroids,
 )
 from icg.data import SyntheticDataModule
 from icg.model import PixelPartClassifier
@@ -335,6 +337,92 @@ def test_height_weight_makes_each_identity_s_clusters_bands_of_the_person() -> N
         PartClustering(height_weight=float("nan"))
 
 
+def split_people_maps() -> tuple[list[Tensor], list[Tensor], list[int]]:
+    """Three identities, three images each, whose people show different body parts in the middle two columns:
+    identity 0 a head (rows 0-3, channel 0) over a torso (rows 4-11, channel 1), identity 1 a torso (rows 0-5) over
+    legs (rows 6-11, channel 2), identity 2 all three (rows 0-3, 4-7, 8-11); a low-norm backdrop elsewhere.
+
+    Returns:
+        maps ``[8, 12, 4]``, the expected shared labels (head 1, torso 2, legs 3, backdrop 0) and the pids.
+    """
+    generator = torch.Generator().manual_seed(0)
+    layouts = {0: [(0, 4, 1), (4, 12, 2)], 1: [(0, 6, 2), (6, 12, 3)], 2: [(0, 4, 1), (4, 8, 2), (8, 12, 3)]}
+    maps, expected, pids = [], [], []
+    for pid, layout in layouts.items():
+        for _ in range(3):
+            fmap = 0.05 * torch.rand(8, 12, 4, generator=generator)
+            labels = torch.zeros(12, 4, dtype=torch.uint8)
+            for start, stop, part in layout:
+                fmap[:, start:stop, 1:3] = 0.05 * torch.randn(8, stop - start, 2, generator=generator)
+                fmap[part - 1, start:stop, 1:3] += 1.0
+                labels[start:stop, 1:3] = part
+            maps.append(fmap)
+            expected.append(labels)
+            pids.append(pid)
+    return maps, expected, pids
+
+
+def test_shared_parts_give_a_body_part_one_label_for_every_identity() -> None:
+    maps, expected, pids = split_people_maps()
+    dataset = MapDataset(maps)
+    centroids = shared_part_centroids(identity, dataset, pids, 3, label_size=(12, 4))
+    # the clusters are the three body parts, numbered by their mean row over all identities: head (rows 0-3),
+    # torso (mean row 5.4), legs (8.9)
+    np.testing.assert_allclose(centroids[:, :3].abs().argmax(dim=1).numpy(), [0, 1, 2])
+    result = cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), centroids=centroids)
+    assert torch.equal(result.labels, torch.stack(expected))
+    assert result.labeled.all() and result.clustered_identities == 3
+    # the callback runs both passes
+    module = FakeModule(len(pids), (12, 4))
+    PartClustering(shared_parts=True).cluster(module, dataset, pids)
+    assert torch.equal(module.part_labels.labels, torch.stack(expected))
+    # per identity, the torso of identity 0 is part 2 and that of identity 1 part 1 (or split)
+    per_identity = cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4)).labels
+    assert not torch.equal(per_identity, torch.stack(expected))
+
+
+def test_shared_centroids_do_not_depend_on_the_number_of_processes() -> None:
+    maps, _, pids = split_people_maps()
+    dataset = MapDataset(maps)
+    options = dict(label_size=(12, 4), height_weight=1.0, max_points=40)
+    whole = shared_part_centroids(identity, dataset, pids, 3, **options)
+    assert whole.shape == (3, 8 + 2)
+    np.testing.assert_allclose(whole.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    # two ranks in threads: the reduction sums what both contribute, as a DDP all-reduce would
+    barrier, shares = threading.Barrier(2), [None, None]
+
+    def rank_reduce(rank: int) -> Callable[[Tensor], Tensor]:
+        def reduce(tensor: Tensor) -> Tensor:
+            shares[rank] = tensor.clone()
+            barrier.wait()
+            total = shares[0] + shares[1]
+            barrier.wait()
+            return total
+
+        return reduce
+
+    ranks: list[Tensor] = [torch.empty(0)] * 2
+
+    def run(rank: int) -> None:
+        ranks[rank] = shared_part_centroids(
+            identity, dataset, pids, 3, rank=rank, world_size=2, reduce=rank_reduce(rank), **options
+        )
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for centroids in ranks:
+        torch.testing.assert_close(centroids, whole)
+    with pytest.raises(ValueError, match="reduce"):
+        shared_part_centroids(identity, dataset, pids, 3, label_size=(12, 4), world_size=2)
+    with pytest.raises(ValueError, match="max_points"):
+        shared_part_centroids(identity, dataset, pids, 3, label_size=(12, 4), max_points=0)
+    with pytest.raises(ValueError, match="same feature_fn and height_weight"):
+        cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), centroids=whole)
+
+
 def test_bad_inputs_name_the_argument() -> None:
     maps = band_maps(2)[0]
     with pytest.raises(ValueError, match="3 pids"):
@@ -572,9 +660,11 @@ def test_resume_keeps_labels_and_the_schedule(synthetic_root: Path, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["per-identity", "shared-parts"])
+def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_path: Path, shared: bool) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "tests/scripts/ddp_clustering.py"), str(synthetic_root), str(tmp_path)]
+    command += ["shared"] * shared
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -1,10 +1,11 @@
 """Two-process DDP run (CPU, gloo) of :class:`icg.clustering.PartClustering`, for ``tests/test_clustering.py``.
 
-Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR`` where ``DATA_ROOT`` holds the synthetic data of
-the test's datamodule. One epoch clusters at its start; each rank then saves its ``labels``, ``labeled`` and
-the number of identities it clustered itself and its part classifier as the clustering refitted it (before any
-training step) to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the initial model in a single process
-(no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
+Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR [shared]`` where ``DATA_ROOT`` holds the synthetic
+data of the test's datamodule; with ``shared``, the clustering runs with ``shared_parts=True`` (one K-means over
+all identities, whose sample the ranks gather) and ``height_weight=1``. One epoch clusters at its start; each rank
+then saves its ``labels``, ``labeled`` and the number of identities it clustered itself and its part classifier as
+the clustering refitted it (before any training step) to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of
+the initial model in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
 
 Features are extracted one image at a time on one thread, so that the two runs see bit-identical feature maps
 (batch composition differs between them, and CPU convolutions may round differently for different batch sizes).
@@ -63,7 +64,11 @@ def build(datamodule: SyntheticDataModule) -> ICGModule:
     )
 
 
-def main(root: str, out: Path) -> None:
+def clustering(shared: bool) -> PartClustering:
+    return PartClustering(batch_size=1, refit_classifier=True, shared_parts=shared, height_weight=float(shared))
+
+
+def main(root: str, out: Path, shared: bool) -> None:
     datamodule = SyntheticDataModule(
         root=root,
         num_train_ids=4,
@@ -89,7 +94,7 @@ def main(root: str, out: Path) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
-        callbacks=[PartClustering(batch_size=1, refit_classifier=True), RefittedClassifier()],
+        callbacks=[clustering(shared), RefittedClassifier()],
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(
@@ -104,8 +109,7 @@ def main(root: str, out: Path) -> None:
         single = build(datamodule)
         single.load_state_dict(initial)
         pids = [record.pid for record in datamodule.train_records]
-        clustering = PartClustering(batch_size=1, refit_classifier=True)
-        result = clustering.cluster(single, datamodule.cluster_dataset(), pids)
+        result = clustering(shared).cluster(single, datamodule.cluster_dataset(), pids)
         torch.save(
             {
                 **single.part_labels.state_dict(),
@@ -117,4 +121,4 @@ def main(root: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["shared"])
