@@ -82,6 +82,10 @@ RUNS = {
     "ICG-K6-identity-refit-position-height": replace(
         IDENTITY, refit_classifier=True, part_position=True, height_weight=HEIGHT_WEIGHT
     ),
+    # one K-means over all identities (with the height), so that label k is one cluster for every identity
+    "ICG-K6-identity-refit-position-shared": replace(
+        IDENTITY, refit_classifier=True, part_position=True, height_weight=HEIGHT_WEIGHT, shared_parts=True
+    ),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 TABLES = {
@@ -108,10 +112,12 @@ TABLES = {
         "ICG-K6-identity-position",
         "ICG-K6-identity-refit-position",
     ],
-    "Pseudo-labels: K-means on the features (the paper's) or on the features and the cell's height": [
+    "Pseudo-labels: K-means per identity on the features (the paper's) or on the features and the cell's height, "
+    "or one K-means over all identities": [
         "BoT",
         "ICG-K6-identity-refit-position",
         "ICG-K6-identity-refit-position-height",
+        "ICG-K6-identity-refit-position-shared",
     ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }

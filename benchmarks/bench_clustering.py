@@ -4,7 +4,8 @@ Usage: ``python benchmarks/bench_clustering.py [--ids 751 --parts 6 --niter 20 -
 (``--skip kmeans,epoch,memory`` leaves parts out; ``--fg-signal identity`` times (a) with the identity contrast,
 which compares every cell with the identity's other images and 64 reference images; ``--classifier-statistics``
 times the pass of (a) once more with the sums that ``PartClustering(refit_classifier=True)`` needs, and gives the
-ratio of the two).
+ratio of the two; ``--shared-parts`` times the two passes of ``PartClustering(shared_parts=True)``: one K-means over
+a sample of all identities' foreground cells, then every cell labelled by its nearest centroid).
 
 (a) **K-means alone, Market-1501 sized**: ``--ids`` identities with 10..24 images each (mean 17, Market-1501 has
     17.2), 16x8 feature maps of 2048 channels, ``K = --parts``. The maps are drawn, not computed: per identity,
@@ -44,7 +45,13 @@ from quiet_trainer import quiet_trainer
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from icg.clustering import ClusteringResult, PartClustering, SphericalKMeans, cluster_part_labels
+from icg.clustering import (
+    ClusteringResult,
+    PartClustering,
+    SphericalKMeans,
+    cluster_part_labels,
+    shared_part_centroids,
+)
 from icg.data import SyntheticDataModule
 from icg.model import PixelPartClassifier
 from icg.module import ICGModule
@@ -143,6 +150,28 @@ def bench_kmeans(args: argparse.Namespace) -> None:
         f"per id), whole pass incl. drawing the maps {seconds:.1f} s; "
         f"{result.clustered_identities} clustered, {result.skipped_identities} skipped"
     )
+    if args.shared_parts:
+        workload = Workload(args.ids)
+        kmeans = TimedKMeans(args.parts, niter=args.niter)
+        options = dict(label_size=(HEIGHT, WIDTH), fg_signal=args.fg_signal, batch_size=128, kmeans=kmeans)
+        start = time.perf_counter()
+        centroids = shared_part_centroids(
+            lambda items: workload.maps(items, args.parts), workload, workload.pids, args.parts, **options
+        )
+        first = time.perf_counter() - start
+        cluster_part_labels(
+            lambda items: workload.maps(items, args.parts),
+            workload,
+            workload.pids,
+            args.parts,
+            centroids=centroids,
+            **options,
+        )
+        both = time.perf_counter() - start
+        print(
+            f"    shared parts: first pass (sample and one K-means over it, {sum(kmeans.seconds):.1f} s of K-means) "
+            f"{first:.1f} s, both passes {both:.1f} s, {both / seconds:.2f}x the per-identity pass"
+        )
     if args.classifier_statistics:
         with_sums = run_workload(args.ids, args.parts, args.niter, args.fg_signal, classifier_statistics=True)[0]
         print(
@@ -277,6 +306,7 @@ def main() -> None:
         "--fg-signal", default="activation", choices=["activation", "identity"], help="the foreground rule of (a)"
     )
     parser.add_argument("--classifier-statistics", action="store_true", help="time (a) with the refit's sums too")
+    parser.add_argument("--shared-parts", action="store_true", help="time (a) with one K-means over all identities")
     parser.add_argument("--skip", default="", help="comma-separated: kmeans, epoch, memory")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
