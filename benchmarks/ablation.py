@@ -58,7 +58,6 @@ class Variant:
     part_position: bool = False  # the part classifier also reads the cell's row
     height_weight: float = 0.0  # the cell's row joins its feature in K-means (PartClustering(height_weight=...))
     shared_parts: bool = False  # one K-means over all identities (PartClustering(shared_parts=True))
-    height_bins: int = 0  # the part classifier reads the one-hot of the cell's height (ICGModule(part_height_bins=...))
 
 
 HEIGHT_WEIGHT = 2.0  # chosen on the development population (seed 2000): 1, 2, 4 gave test purity 73, 76, 74%
@@ -86,10 +85,6 @@ RUNS = {
     # one K-means over all identities (with the height), so that label k is one cluster for every identity
     "ICG-K6-identity-refit-position-shared": replace(
         IDENTITY, refit_classifier=True, part_position=True, height_weight=HEIGHT_WEIGHT, shared_parts=True
-    ),
-    # ... and the part classifier reads a one-hot of the cell's row (16 rows at 256x128) instead of its coordinate
-    "ICG-K6-identity-refit-rows-shared": replace(
-        IDENTITY, refit_classifier=True, height_bins=16, height_weight=HEIGHT_WEIGHT, shared_parts=True
     ),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
@@ -123,7 +118,6 @@ TABLES = {
         "ICG-K6-identity-refit-position",
         "ICG-K6-identity-refit-position-height",
         "ICG-K6-identity-refit-position-shared",
-        "ICG-K6-identity-refit-rows-shared",
     ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
@@ -249,7 +243,6 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         fg_signal=variant.fg_signal,
         part_assignment=variant.part_assignment,
         part_position=variant.part_position,
-        part_height_bins=variant.height_bins,
         **{**recipe, **args.model_args},
     )
     labels = (

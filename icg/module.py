@@ -98,8 +98,6 @@ class ICGModule(LightningModule):
         pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
         part_position: the part classifier also reads each cell's height (not in the paper; see
             :class:`~icg.model.ppc.PixelPartClassifier`).
-        part_height_bins: the part classifier also reads the one-hot of each cell's height in this many bins, a
-            per-part prior on the height (not in the paper; 0: none; see :class:`~icg.model.ppc.PixelPartClassifier`).
         attention_kernel: kernel size of the AFM's spatial attention.
         gcn_layers: GCN layers of the FSG.
         output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
@@ -148,7 +146,6 @@ class ICGModule(LightningModule):
         part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
         part_position: bool = False,
-        part_height_bins: int = 0,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
@@ -202,7 +199,6 @@ class ICGModule(LightningModule):
             part_assignment=part_assignment,
             pixel_logit_scale=pixel_logit_scale,
             part_position=part_position,
-            part_height_bins=part_height_bins,
             attention_kernel=attention_kernel,
             gcn_layers=gcn_layers,
             output_stride=output_stride,

@@ -141,8 +141,6 @@ class ICGNet(nn.Module):
             :mod:`icg.model.ppc`).
         part_position: the part classifier also reads each cell's height (not in the paper; see
             :class:`~icg.model.ppc.PixelPartClassifier`).
-        part_height_bins: the part classifier also reads the one-hot of each cell's height in this many bins
-            (not in the paper; 0: none; see :class:`~icg.model.ppc.PixelPartClassifier`).
         attention_kernel: kernel size of the AFM's spatial attention (CBAM: 7).
         gcn_layers: number of GCN layers in the FSG.
         output_stride: 16 (BoT, 16x8 maps at 256x128) or 8 (dilated, 32x16; resnet50/101 only).
@@ -167,7 +165,6 @@ class ICGNet(nn.Module):
         part_assignment: PartAssignment = "argmax",
         pixel_logit_scale: float = 16.0,
         part_position: bool = False,
-        part_height_bins: int = 0,
         attention_kernel: int = 7,
         gcn_layers: int = 2,
         output_stride: int = 16,
@@ -205,13 +202,7 @@ class ICGNet(nn.Module):
             else None
         )
         self.part_classifier = (
-            PixelPartClassifier(
-                channels,
-                num_parts,
-                logit_scale=pixel_logit_scale,
-                position=part_position,
-                height_bins=part_height_bins,
-            )
+            PixelPartClassifier(channels, num_parts, logit_scale=pixel_logit_scale, position=part_position)
             if use_ppc
             else None
         )

@@ -67,14 +67,6 @@ def test_shapes_for_every_ablation(use_afm: bool, use_ppc: bool, use_fsg: bool, 
         assert out.part_logits is None and out.visibility is None and out.part_bn_features is None
 
 
-def test_the_part_classifier_reads_the_height_inputs_it_is_given() -> None:
-    net = _net(num_parts=3, part_position=True, part_height_bins=4)
-    classifier = net.part_classifier
-    assert classifier.position and classifier.height_bins == 4
-    assert classifier.conv.in_channels == 512 + 1 + 4
-    assert net(_images(2)).part_logits.shape == (2, 4, 4, 2)  # 64x32 images: 4x2 maps
-
-
 def test_fsg_without_ppc_is_rejected() -> None:
     with pytest.raises(ValueError, match="use_fsg.*use_ppc"):
         _net(use_ppc=False, use_fsg=True)

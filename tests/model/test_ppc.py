@@ -235,37 +235,3 @@ def test_position_separates_cells_that_look_alike(position: bool) -> None:
     classifier.fit_least_squares(z.T @ z, z.T @ F.one_hot(labels.reshape(-1), 3).double(), ridge=1e-3)
     accuracy = (classifier(feature_map).argmax(dim=1)[0] == labels).float().mean()
     assert accuracy == (1.0 if position else 0.5)
-
-
-def test_height_bins_are_the_one_hot_of_the_cell_centres_bin() -> None:
-    feature_map = torch.randn(2, 5, 6, 3)
-    inputs = PixelPartClassifier(5, num_parts=3, position=True, height_bins=5).inputs(feature_map)
-    assert inputs.shape == (2, 5 + 1 + 5, 6, 3)
-    torch.testing.assert_close(inputs[:, :5], F.normalize(feature_map, dim=1))
-    # hand-computed: centres at (y + 0.5) / 6 = 1/12, 3/12, ..., 11/12; bins of width 1/5 (5/60, 15/60, 25/60, ...
-    # fall in bins 0, 1, 2, 2, 3, 4)
-    expected_bins = [0, 1, 2, 2, 3, 4]
-    for image, column in [(0, 0), (1, 2)]:
-        torch.testing.assert_close(inputs[image, 5, :, column], torch.tensor([-5, -3, -1, 1, 3, 5]) / 6)
-        assert inputs[image, 6:, :, column].argmax(dim=0).tolist() == expected_bins
-        assert inputs[image, 6:, :, column].sum(dim=0).tolist() == [1.0] * 6
-    with pytest.raises(ValueError, match="height_bins"):
-        PixelPartClassifier(5, num_parts=3, height_bins=-1)
-
-
-def test_height_bins_give_each_part_its_own_heights() -> None:
-    # every cell has the same feature; rows 0-1 and 4-5 are part 1, rows 2-3 part 2: no slope in the row
-    # coordinate can single out the middle, a bias per height can
-    feature_map = torch.ones(1, 4, 6, 2)
-    labels = torch.tensor([1, 1, 2, 2, 1, 1])[:, None].expand(6, 2)
-
-    def accuracy(**height: object) -> float:
-        classifier = PixelPartClassifier(4, num_parts=2, **height)
-        z = classifier.inputs(feature_map)[0].flatten(1).T.double()
-        z = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1)
-        classifier.fit_least_squares(z.T @ z, z.T @ F.one_hot(labels.reshape(-1), 3).double(), ridge=1e-3)
-        return float((classifier(feature_map).argmax(dim=1)[0] == labels).float().mean())
-
-    assert accuracy(height_bins=6) == 1.0
-    assert accuracy(height_bins=3) == 1.0  # bins of two rows each
-    assert accuracy(position=True) < 1.0
