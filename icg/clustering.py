@@ -496,8 +496,9 @@ def shared_part_centroids(
 
     Returns:
         ``float32 [K', D]`` unit centroids (``D = C``, or ``C + 2`` with the height), numbered top to bottom by
-        the mean row of their sample cells; ``K' < K`` only when a cluster came out empty, ``K' = 0`` when no
-        identity has a foreground cell.
+        the mean row of their sample cells; ``K' < K`` only when a cluster came out empty, ``K' = 0`` when all
+        identities together have fewer than ``K`` foreground cells (:class:`PartClustering` then clusters each
+        identity on its own, which leaves them unlabeled).
     """
     caller = "shared_part_centroids"
     if num_parts < 1:
@@ -556,10 +557,8 @@ def shared_part_centroids(
     sample = sample.flatten(0, 1)
     sample = sample[sample[:, dim] > 0]
     points, rows = sample[:, : dim - 1].contiguous(), sample[:, dim - 1]
-    if len(points) < num_parts:
-        raise ValueError(
-            f"{caller}: {len(points)} foreground cells over all identities cannot form num_parts={num_parts} parts"
-        )
+    if len(points) < num_parts:  # nothing to share: the caller falls back to a K-means per identity
+        return points.new_zeros(0, points.shape[1])
     if kmeans is None:
         kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
     elif kmeans.num_clusters != num_parts:

@@ -421,6 +421,13 @@ def test_shared_centroids_do_not_depend_on_the_number_of_processes() -> None:
         shared_part_centroids(identity, dataset, pids, 3, label_size=(12, 4), max_points=0)
     with pytest.raises(ValueError, match="same feature_fn and height_weight"):
         cluster_part_labels(identity, dataset, pids, 3, label_size=(12, 4), centroids=whole)
+    # two foreground cells in all cannot form three parts: no centroids, and the callback labels nothing
+    sparse = torch.full((8, 12, 4), 0.01)
+    sparse[0, 3, 1] = sparse[0, 9, 2] = 1.0
+    assert shared_part_centroids(identity, MapDataset([sparse]), [0], 3, label_size=(12, 4)).shape == (0, 8)
+    module = FakeModule(1, (12, 4))
+    result = PartClustering(shared_parts=True).cluster(module, MapDataset([sparse]), [0])
+    assert result.skipped_identities == 1 and not module.part_labels.labeled.any()
 
 
 def test_bad_inputs_name_the_argument() -> None:
