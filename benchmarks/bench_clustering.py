@@ -153,20 +153,12 @@ def bench_kmeans(args: argparse.Namespace) -> None:
     if args.shared_parts:
         workload = Workload(args.ids)
         kmeans = TimedKMeans(args.parts, niter=args.niter)
+        data = (lambda items: workload.maps(items, args.parts), workload, workload.pids, args.parts)
         options = dict(label_size=(HEIGHT, WIDTH), fg_signal=args.fg_signal, batch_size=128, kmeans=kmeans)
         start = time.perf_counter()
-        centroids = shared_part_centroids(
-            lambda items: workload.maps(items, args.parts), workload, workload.pids, args.parts, **options
-        )
+        centroids = shared_part_centroids(*data, **options)
         first = time.perf_counter() - start
-        cluster_part_labels(
-            lambda items: workload.maps(items, args.parts),
-            workload,
-            workload.pids,
-            args.parts,
-            centroids=centroids,
-            **options,
-        )
+        cluster_part_labels(*data, centroids=centroids, **options)
         both = time.perf_counter() - start
         print(
             f"    shared parts: first pass (sample and one K-means over it, {sum(kmeans.seconds):.1f} s of K-means) "

@@ -322,12 +322,27 @@ def height_embedding(rows: Tensor, height: int, weight: float) -> Tensor:
     return (weight * torch.stack([angle.cos(), angle.sin()], dim=1)).float()
 
 
-def _kmeans_points(cells: Tensor, rows: Tensor, height: int, height_weight: float) -> Tensor:
-    """What K-means clusters: the unit cells ``[n, C]``, with ``height_weight > 0`` their rows appended
-    (:func:`height_embedding`) and every point scaled back to norm 1: ``[n, C]`` or ``[n, C + 2]``."""
+def _kmeans_points(identity: _Identity, height: int, height_weight: float) -> tuple[Tensor, Tensor]:
+    """What K-means clusters of a complete identity: its foreground cells ``[n, C]``, with ``height_weight > 0``
+    their rows appended (:func:`height_embedding`) and every point scaled back to norm 1 (``[n, C + 2]``); and the
+    row of each cell, ``int64 [n]``."""
+    rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks])
+    cells = torch.cat(identity.cells)
     if height_weight == 0:
-        return cells
-    return torch.cat([cells, height_embedding(rows, height, height_weight)], dim=1) / math.sqrt(1 + height_weight**2)
+        return cells, rows
+    embedded = torch.cat([cells, height_embedding(rows, height, height_weight)], dim=1)
+    return embedded / math.sqrt(1 + height_weight**2), rows
+
+
+def _kmeans_backend(
+    kmeans: SphericalKMeans | None, num_parts: int, niter: int, device: torch.device, caller: str
+) -> SphericalKMeans:
+    """``kmeans`` when it has ``num_parts`` clusters, a new :class:`SphericalKMeans` on ``device`` when ``None``."""
+    if kmeans is None:
+        return SphericalKMeans(num_parts, niter=niter, device=device)
+    if kmeans.num_clusters != num_parts:
+        raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+    return kmeans
 
 
 def _foreground_identities(
@@ -512,6 +527,7 @@ def shared_part_centroids(
     if reduce is None and world_size != 1:
         raise ValueError(f"{caller}: world_size={world_size} needs reduce, to gather the ranks' samples")
     device = torch.device("cpu" if device is None else device)
+    kmeans = _kmeans_backend(kmeans, num_parts, niter, device, caller)
     height = label_size[0]
     num_identities = len(set(int(pid) for pid in pids))
     per_identity = -(-max_points // max(num_identities, 1))
@@ -533,10 +549,9 @@ def shared_part_centroids(
         classifier_inputs=None,
         progress=progress,
     ):
-        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks])
+        points, rows = _kmeans_points(identity, height, height_weight)
         if not len(rows):
             continue
-        points = _kmeans_points(torch.cat(identity.cells), rows, height, height_weight)
         rng = np.random.default_rng((seed, identity.ordinal))
         keep = torch.from_numpy(np.sort(rng.permutation(len(points))[:per_identity]))
         local.append((identity.ordinal, torch.cat([points[keep], rows[keep, None].float()], dim=1)))
@@ -559,10 +574,6 @@ def shared_part_centroids(
     points, rows = sample[:, : dim - 1].contiguous(), sample[:, dim - 1]
     if len(points) < num_parts:  # nothing to share: the caller falls back to a K-means per identity
         return points.new_zeros(0, points.shape[1])
-    if kmeans is None:
-        kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
-    elif kmeans.num_clusters != num_parts:
-        raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
     assignment = kmeans.fit_predict(points.numpy(), rng=np.random.default_rng((seed, num_identities)))
     order = np.argsort(parts_top_to_bottom(assignment, rows.numpy(), num_parts))
     counts = np.bincount(assignment, minlength=num_parts)
@@ -642,10 +653,8 @@ def cluster_part_labels(
     if not height_weight >= 0:
         raise ValueError(f"{caller}: height_weight must be >= 0, got {height_weight}")
     device = torch.device("cpu" if device is None else device)
-    if kmeans is None and centroids is None:
-        kmeans = SphericalKMeans(num_parts, niter=niter, device=device)
-    elif kmeans is not None and kmeans.num_clusters != num_parts:
-        raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+    if centroids is None or kmeans is not None:
+        kmeans = _kmeans_backend(kmeans, num_parts, niter, device, caller)
     if centroids is not None and (centroids.dim() != 2 or not 0 < len(centroids) <= num_parts):
         raise ValueError(
             f"{caller}: centroids must be [K', D] with 0 < K' <= num_parts={num_parts}, got {tuple(centroids.shape)}"
@@ -681,8 +690,7 @@ def cluster_part_labels(
         if sum(counts) < num_parts:
             result.skipped_identities += 1
             continue
-        cell_rows = torch.cat([mask.nonzero()[:, 0] for mask in masks])
-        points = _kmeans_points(torch.cat(identity.cells), cell_rows, height, height_weight)
+        points, cell_rows = _kmeans_points(identity, height, height_weight)
         if centroids is not None:
             if points.shape[1] != centroids.shape[1]:
                 raise ValueError(
