@@ -58,6 +58,7 @@ class Variant:
     part_position: bool = False  # the part classifier also reads the cell's row
     height_weight: float = 0.0  # the cell's row joins its feature in K-means (PartClustering(height_weight=...))
     shared_parts: bool = False  # one K-means over all identities (PartClustering(shared_parts=True))
+    refit_method: str = "least_squares"  # or "discriminant": the refit by LDA (PartClustering(refit_method=...))
 
 
 HEIGHT_WEIGHT = 2.0  # chosen on the development population (seed 2000): 1, 2, 4 gave test purity 73, 76, 74%
@@ -85,6 +86,15 @@ RUNS = {
     # one K-means over all identities (with the height), so that label k is one cluster for every identity
     "ICG-K6-identity-refit-position-shared": replace(
         IDENTITY, refit_classifier=True, part_position=True, height_weight=HEIGHT_WEIGHT, shared_parts=True
+    ),
+    # the refit by the linear discriminant instead of least squares
+    "ICG-K6-identity-lda-position-shared": replace(
+        IDENTITY,
+        refit_classifier=True,
+        refit_method="discriminant",
+        part_position=True,
+        height_weight=HEIGHT_WEIGHT,
+        shared_parts=True,
     ),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
@@ -118,6 +128,11 @@ TABLES = {
         "ICG-K6-identity-refit-position",
         "ICG-K6-identity-refit-position-height",
         "ICG-K6-identity-refit-position-shared",
+    ],
+    "Refit of the part classifier to the shared labels: least squares or the linear discriminant": [
+        "BoT",
+        "ICG-K6-identity-refit-position-shared",
+        "ICG-K6-identity-lda-position-shared",
     ],
     "Diagnosis: ICG trained on the true part masks (K = 5) instead of its pseudo-labels": ["ICG-K6", "ICG-true-parts"],
 }
@@ -253,6 +268,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
             refit_classifier=variant.refit_classifier,
             height_weight=variant.height_weight,
             shared_parts=variant.shared_parts,
+            refit_method=variant.refit_method,
         )
     )
     trainer = quiet_trainer(

@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -82,6 +82,7 @@ from icg.model import (
 __all__ = [
     "ClusteringResult",
     "PartClustering",
+    "RefitMethod",
     "SphericalKMeans",
     "cluster_part_labels",
     "height_embedding",
@@ -91,6 +92,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+RefitMethod = Literal["least_squares", "discriminant"]
+"""How :class:`PartClustering` refits the part classifier to new labels: the ridge regression of the one-hot labels
+(:meth:`~icg.model.PixelPartClassifier.fit_least_squares`) or the linear discriminant
+(:meth:`~icg.model.PixelPartClassifier.fit_discriminant`)."""
 
 
 _POINTS_PER_THREAD = 2048  # CPU K-means: fewer points than this per OpenMP thread and threads cost more than they give
@@ -630,8 +636,8 @@ def cluster_part_labels(
         rank, world_size: this process takes the sorted identities ``ids[rank::world_size]``.
         kmeans: the K-means back-end to reuse (default: a new :class:`SphericalKMeans` on ``device``).
         classifier_inputs: the part classifier's per-cell inputs, ``[B, C, h, w] -> [B, D, h, w]``
-            (:meth:`icg.model.PixelPartClassifier.inputs`); when given, the pass also sums what a least-squares
-            fit of the classifier to the labels needs (``gram`` and ``moments`` of the result; on ``device``).
+            (:meth:`icg.model.PixelPartClassifier.inputs`); when given, the pass also sums what a linear fit
+            of the classifier to the labels needs (``gram`` and ``moments`` of the result; on ``device``).
         height_weight: ``w >= 0``; above 0 each cell's unit feature gets its row appended before K-means
             (:func:`height_embedding`), so that a cluster is a band of the person as well as one appearance and
             label ``k`` is more nearly the same body part for every identity (not in the paper, which clusters
@@ -740,14 +746,21 @@ class PartClustering(Callback):
             (:func:`cluster_part_labels`).
         batch_size: images per forward pass (larger is faster on a GPU; memory grows with it).
         num_workers: loader processes; default the datamodule's ``num_workers``.
-        refit_classifier: after each clustering, set the module's part classifier to the least-squares fit of the
-            new labels on the pass's features (:meth:`icg.model.PixelPartClassifier.fit_least_squares`), instead
-            of leaving it to chase them by gradient steps. Measured on the 256x128 ablation (stand-in, 8 epochs,
+        refit_classifier: after each clustering, set the module's part classifier to a linear fit of the new
+            labels on the pass's features (``refit_method``), instead of leaving it to chase them by gradient
+            steps. Measured on the 256x128 ablation (stand-in, 8 epochs,
             24 steps an epoch): the classifier trained along with the network predicted parts of 58% test
             purity, while a converged linear fit on the same final features reached 74%: with the learning rate
             decayed, the steps after the last clustering are too few for the classifier to catch up with the
             labels (``benchmarks/RESULTS-256x128.md``).
-        refit_ridge: the fit's ridge, relative to the mean diagonal of the gram matrix of the classifier's inputs.
+        refit_ridge: the fit's ridge, relative to the mean diagonal of the gram matrix of the classifier's inputs
+            (``"least_squares"``) or of the within-class covariance (``"discriminant"``).
+        refit_method: ``"least_squares"``, the ridge regression of the one-hot labels
+            (:meth:`~icg.model.PixelPartClassifier.fit_least_squares`), or ``"discriminant"``, the linear
+            discriminant (:meth:`~icg.model.PixelPartClassifier.fit_discriminant`); both from the same sums. With
+            ``part_position`` the parts are stacked along the row input, and a least-squares fit on indicators masks
+            the middle ones (a hand case: 50% of the cells right against 100%); the discriminant does not.
+            MEASURED
         height_weight: weight of each cell's row against its appearance in K-means (:func:`cluster_part_labels`;
             0, the paper's clustering, by default). Each identity's clusters are numbered by mean row, but
             identities split the person differently (one splits the upper body in three, another the legs), so
@@ -779,6 +792,7 @@ class PartClustering(Callback):
         num_workers: int | None = None,
         refit_classifier: bool = False,
         refit_ridge: float = 1e-2,
+        refit_method: RefitMethod = "least_squares",
         height_weight: float = 0.0,
         shared_parts: bool = False,
     ) -> None:
@@ -798,6 +812,10 @@ class PartClustering(Callback):
             raise ValueError(f"PartClustering: num_workers must be >= 0, got {num_workers}")
         if not refit_ridge > 0:
             raise ValueError(f"PartClustering: refit_ridge must be > 0, got {refit_ridge}")
+        if refit_method not in ("least_squares", "discriminant"):
+            raise ValueError(
+                f"PartClustering: refit_method must be 'least_squares' or 'discriminant', got {refit_method!r}"
+            )
         if not height_weight >= 0:
             raise ValueError(f"PartClustering: height_weight must be >= 0, got {height_weight}")
         self.every_n_epochs = every_n_epochs
@@ -809,6 +827,7 @@ class PartClustering(Callback):
         self.num_workers = num_workers
         self.refit_classifier = refit_classifier
         self.refit_ridge = refit_ridge
+        self.refit_method = refit_method
         self.height_weight = height_weight
         self.shared_parts = shared_parts
         self.last_clustered_epoch: int | None = None
@@ -966,7 +985,8 @@ class PartClustering(Callback):
         if reduce is not None:
             gram, moments = reduce(gram), reduce(moments)
         if bool(moments[-1, 1:].sum() > 0):  # any labelled part cell (the last row counts the cells)
-            classifier.fit_least_squares(gram, moments, ridge=self.refit_ridge)
+            fit = classifier.fit_discriminant if self.refit_method == "discriminant" else classifier.fit_least_squares
+            fit(gram, moments, ridge=self.refit_ridge)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch

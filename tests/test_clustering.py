@@ -504,15 +504,17 @@ class ModuleWithClassifier(FakeModule):
         self.part_classifier = PixelPartClassifier(channels, num_parts, position=position)
 
 
+@pytest.mark.parametrize("method", ["least_squares", "discriminant"])
 @pytest.mark.parametrize("position", [False, True])
-def test_refit_makes_the_classifier_predict_the_new_labels(position: bool) -> None:
+def test_refit_makes_the_classifier_predict_the_new_labels(position: bool, method: str) -> None:
     maps, pids = [], []
     for pid in range(3):
         maps += band_maps(3, seed=50 + pid)[0]
         pids += [pid] * 3
     module = ModuleWithClassifier(len(maps), (12, 4), channels=8, position=position)
     before = module.part_classifier(torch.stack(maps)).argmax(dim=1)
-    PartClustering(refit_classifier=True, refit_ridge=1e-3).cluster(module, MapDataset(maps), pids)
+    clustering = PartClustering(refit_classifier=True, refit_ridge=1e-3, refit_method=method)
+    clustering.cluster(module, MapDataset(maps), pids)
     labels = module.part_labels.labels.long()
     assert not torch.equal(before, labels)
     predicted = module.part_classifier(torch.stack(maps)).argmax(dim=1)
@@ -531,6 +533,8 @@ def test_refit_needs_a_part_classifier_and_a_positive_ridge() -> None:
         PartClustering(refit_classifier=True).cluster(FakeModule(2, (12, 4)), MapDataset(maps), [0, 0])
     with pytest.raises(ValueError, match="refit_ridge"):
         PartClustering(refit_ridge=0.0)
+    with pytest.raises(ValueError, match="refit_method"):
+        PartClustering(refit_method="lasso")
 
 
 # ------------------------------------------------------------------------------------------ trainer and resume

@@ -109,20 +109,60 @@ class PixelPartClassifier(nn.Module):
             moments: ``[D + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background).
             ridge: regularisation relative to the mean diagonal of ``gram`` (> 0).
         """
+        gram, moments = self._checked_sums("fit_least_squares", gram, moments, ridge)
+        channels = self.conv.in_channels
+        solution = torch.linalg.solve(self._ridged(gram, ridge), moments)
+        self.conv.weight.copy_(solution[:channels].T.reshape_as(self.conv.weight))
+        self.conv.bias.copy_(solution[channels])
+
+    @torch.no_grad()
+    def fit_discriminant(self, gram: Tensor, moments: Tensor, *, ridge: float = 1e-2) -> None:
+        """Sets the weights to the linear discriminant (LDA) of the labels, from the same sums as
+        :meth:`fit_least_squares`.
+
+        Each class ``k`` is modelled as a Gaussian over the classifier's inputs with its own mean ``mu_k`` and the
+        covariance ``Sigma`` shared by all classes (the within-class scatter over the cells, plus ``ridge`` times its
+        mean diagonal), and the logits are the log-posteriors up to a constant:
+        ``logit_k = z^T Sigma^-1 mu_k - mu_k^T Sigma^-1 mu_k / 2 + log(n_k / n)``. Unlike a least-squares fit of the
+        one-hot labels, whose scores for classes ordered along one input (parts stacked by height) mask the middle
+        ones, every class gets its own region. A class without cells is given the mean of all the cells and the prior
+        of half a cell: a Gaussian like the others, so that its logit compares with theirs, and one that wins almost
+        nowhere.
+
+        Args:
+            gram: ``[D + 1, D + 1]``, ``sum z z^T`` over all labelled cells, ``z = [inputs, 1]``.
+            moments: ``[D + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background; the last row counts).
+            ridge: shrinkage of the covariance, relative to its mean diagonal (> 0).
+        """
+        gram, moments = self._checked_sums("fit_discriminant", gram, moments, ridge)
+        channels = self.conv.in_channels
+        counts = moments[channels]
+        present = counts > 0
+        means = moments[:channels] / counts.clamp_min(1)
+        means[:, ~present] = (moments[:channels].sum(dim=1) / counts.sum().clamp_min(1))[:, None]
+        scatter = gram[:channels, :channels] - (means[:, present] * counts[present]) @ means[:, present].T
+        covariance = scatter / (counts.sum() - int(present.sum())).clamp_min(1)
+        solution = torch.linalg.solve(self._ridged(covariance, ridge), means)
+        bias = -0.5 * (means * solution).sum(dim=0) + torch.log(counts.clamp_min(0.5) / counts.sum())
+        # the logits above are log-posteriors; the forward pass multiplies by the scale, so it is divided out here
+        self.conv.weight.copy_((solution.T / self.logit_scale).reshape_as(self.conv.weight))
+        self.conv.bias.copy_(bias / self.logit_scale)
+
+    def _checked_sums(self, caller: str, gram: Tensor, moments: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
         channels = self.conv.in_channels
         if gram.shape != (channels + 1, channels + 1) or moments.shape != (channels + 1, self.num_parts + 1):
             raise ValueError(
-                f"fit_least_squares: expected gram [{channels + 1}, {channels + 1}] and moments "
+                f"{caller}: expected gram [{channels + 1}, {channels + 1}] and moments "
                 f"[{channels + 1}, {self.num_parts + 1}], got {tuple(gram.shape)} and {tuple(moments.shape)}"
             )
         if not ridge > 0:
-            raise ValueError(f"fit_least_squares: ridge must be > 0, got {ridge}")
-        gram, moments = gram.double(), moments.double()
-        penalty = ridge * gram.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-        identity = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-        solution = torch.linalg.solve(gram + penalty * identity, moments)
-        self.conv.weight.copy_(solution[:channels].T.reshape_as(self.conv.weight))
-        self.conv.bias.copy_(solution[channels])
+            raise ValueError(f"{caller}: ridge must be > 0, got {ridge}")
+        return gram.double(), moments.double()
+
+    @staticmethod
+    def _ridged(matrix: Tensor, ridge: float) -> Tensor:
+        penalty = ridge * matrix.diagonal().mean().clamp_min(torch.finfo(matrix.dtype).tiny)
+        return matrix + penalty * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
 
 
 def parts_foreground_logits(part_logits: Tensor) -> Tensor:

@@ -205,12 +205,64 @@ def test_least_squares_fit_reproduces_separable_labels_confidently() -> None:
     assert probabilities.max(dim=1).values.min() > 0.99  # the logit scale makes the fit's scores confident
 
 
-def test_least_squares_fit_checks_its_inputs() -> None:
+@pytest.mark.parametrize("fit", ["fit_least_squares", "fit_discriminant"])
+def test_fits_check_their_inputs(fit: str) -> None:
     classifier = PixelPartClassifier(5, num_parts=3)
-    with pytest.raises(ValueError, match=r"gram \[6, 6\]"):
-        classifier.fit_least_squares(torch.eye(5), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=rf"{fit}: expected gram \[6, 6\]"):
+        getattr(classifier, fit)(torch.eye(5), torch.zeros(5, 4))
     with pytest.raises(ValueError, match="ridge"):
-        classifier.fit_least_squares(torch.eye(6), torch.zeros(6, 4), ridge=0.0)
+        getattr(classifier, fit)(torch.eye(6), torch.zeros(6, 4), ridge=0.0)
+
+
+def test_discriminant_fit_is_the_lda_of_the_cells() -> None:
+    # reference: class means, pooled within-class covariance and priors computed from the cells themselves
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 60)
+    cells = rng.standard_normal((60, 5)) + 2 * np.eye(5)[labels]
+    unit = cells / np.linalg.norm(cells, axis=1, keepdims=True)
+    means = np.stack([unit[labels == k].mean(axis=0) for k in range(4)])
+    centred = unit - means[labels]
+    covariance = centred.T @ centred / (60 - 4)
+    ridge = 0.05
+    covariance += ridge * np.trace(covariance) / 5 * np.eye(5)
+    weights = np.linalg.solve(covariance, means.T).T  # [4, 5]
+    priors = np.bincount(labels, minlength=4) / 60
+    bias = -0.5 * (weights * means).sum(axis=1) + np.log(priors)
+
+    z = np.hstack([unit, np.ones((60, 1))])
+    gram, moments = z.T @ z, z.T @ np.eye(4)[labels]
+    classifier = PixelPartClassifier(5, num_parts=3, logit_scale=4.0).double()
+    classifier.fit_discriminant(torch.from_numpy(gram), torch.from_numpy(moments), ridge=ridge)
+    # the forward pass multiplies by the scale: the logits themselves are the discriminants
+    logits = classifier(torch.from_numpy(cells.T.copy())[None, :, :, None])[0, :, :, 0].T.detach().numpy()
+    np.testing.assert_allclose(logits, unit @ weights.T + bias, atol=1e-9)
+
+
+def test_discriminant_fit_separates_classes_stacked_along_one_input() -> None:
+    # every cell looks alike; background and three parts are stacked by row, three rows each. The one-hot
+    # regression on the row is a line per class, and the lines of the middle classes never rise above both ends
+    # (the masking of linear regression on indicators); the discriminant gives every class its band.
+    feature_map = torch.ones(1, 4, 12, 1)
+    labels = torch.arange(12) // 3
+    classifier = PixelPartClassifier(4, num_parts=3, position=True)
+    z = torch.cat([classifier.inputs(feature_map)[0, :, :, 0].T, torch.ones(12, 1)], dim=1).double()
+    gram, moments = z.T @ z, z.T @ F.one_hot(labels, 4).double()
+    accuracy = {}
+    for fit in ("fit_least_squares", "fit_discriminant"):
+        getattr(classifier, fit)(gram, moments, ridge=1e-3)
+        accuracy[fit] = (classifier(feature_map).argmax(dim=1).flatten() == labels).float().mean().item()
+    assert accuracy == {"fit_least_squares": 0.5, "fit_discriminant": 1.0}
+
+
+def test_discriminant_fit_of_a_class_without_cells_never_wins() -> None:
+    torch.manual_seed(2)
+    labels = torch.randint(0, 3, (50,))  # part 3 has no cell
+    cells = torch.randn(50, 6) + 3 * torch.eye(6)[labels]
+    z = torch.cat([F.normalize(cells, dim=1), torch.ones(50, 1)], dim=1).double()
+    classifier = PixelPartClassifier(6, num_parts=3)
+    classifier.fit_discriminant(z.T @ z, z.T @ F.one_hot(labels, 4).double())
+    predicted = classifier(cells.T[None, :, :, None]).argmax(dim=1).flatten()
+    assert (predicted != 3).all() and (predicted == labels).float().mean() > 0.9
 
 
 def test_position_inputs_are_the_cell_centres() -> None:
