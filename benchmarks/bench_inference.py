@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 
-from icg.export import ExportedModel, export_onnx, export_torchscript
+from icg.deploy import ExportedModel, export_onnx, export_torchscript
 from icg.features import ReIDFeatures
 from icg.module import ICGModule
 

@@ -8,91 +8,62 @@ Public API (everything the README and the examples use comes from here)::
     from icg import SyntheticDataModule, generate_synthetic
     # a dataset of your own: a reader and a datamodule that uses it
     from icg import ReIDDataset, ImageRecord, DatasetLayoutError, IMAGE_SUFFIXES, ReIDDataModule
+    # the network and its losses, as plain nn.Modules
+    from icg import ICGNet, ICGLoss, TripletLoss, CenterLoss
     # features, distances, metrics
-    from icg import ReIDFeatures, icg_distance, k_reciprocal_rerank, evaluate_rank, ReIDMetric
+    from icg import ReIDFeatures, icg_distance, k_reciprocal_rerank, evaluate_rank, RankResult, ReIDMetric
     # images in and pictures out
     from icg import load_images, eval_transform, FeatureWriter, rank_folders
     from icg import part_maps, ranked_lists, top_k_matches, adjacency_heatmap, VisualizationCallback
     # deploy: exported models, an embedder for trackers, a gallery index re-ranked by eq. 15
     from icg import export_onnx, export_torchscript, ExportedModel, Embedder
     from icg import GalleryIndex, NormalizedFeatures, icg_distance_candidates
+
+Names are imported when first used: ``from icg import Embedder`` loads neither Lightning nor the training code.
 """
 
 from importlib.metadata import version
 
-from icg.build import build_module
-from icg.cli import run_cli
-from icg.clustering import PartClustering
-from icg.data import (
-    IMAGE_SUFFIXES,
-    CUHK03NPDataModule,
-    DatasetLayoutError,
-    DukeMTMCDataModule,
-    ImageRecord,
-    Market1501DataModule,
-    MSMT17DataModule,
-    ReIDDataModule,
-    ReIDDataset,
-    SyntheticDataModule,
-    eval_transform,
-    generate_synthetic,
-    load_images,
-)
-from icg.embedder import Embedder
-from icg.export import ExportedModel, export_onnx, export_torchscript
-from icg.features import ReIDFeatures
-from icg.losses import CenterLoss, ICGLoss, TripletLoss
-from icg.metrics import RankResult, ReIDMetric, evaluate_rank
-from icg.model import ICGNet
-from icg.module import ICGModule
-from icg.part_labels import PartLabels
-from icg.predict import FeatureWriter, rank_folders
-from icg.retrieval import GalleryIndex, NormalizedFeatures, icg_distance, icg_distance_candidates, k_reciprocal_rerank
-from icg.viz import VisualizationCallback, adjacency_heatmap, part_maps, ranked_lists, top_k_matches
+from icg.lazy import lazy_exports
 
 __version__ = version("icg")  # the one version source is pyproject.toml
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "CUHK03NPDataModule",
-    "CenterLoss",
-    "DatasetLayoutError",
-    "DukeMTMCDataModule",
-    "Embedder",
-    "ExportedModel",
-    "FeatureWriter",
-    "GalleryIndex",
-    "ICGLoss",
-    "ICGModule",
-    "ICGNet",
-    "ImageRecord",
-    "MSMT17DataModule",
-    "Market1501DataModule",
-    "NormalizedFeatures",
-    "PartClustering",
-    "PartLabels",
-    "RankResult",
-    "ReIDDataModule",
-    "ReIDDataset",
-    "ReIDFeatures",
-    "ReIDMetric",
-    "SyntheticDataModule",
-    "TripletLoss",
-    "VisualizationCallback",
-    "adjacency_heatmap",
-    "build_module",
-    "eval_transform",
-    "evaluate_rank",
-    "export_onnx",
-    "export_torchscript",
-    "generate_synthetic",
-    "icg_distance",
-    "icg_distance_candidates",
-    "k_reciprocal_rerank",
-    "load_images",
-    "part_maps",
-    "rank_folders",
-    "ranked_lists",
-    "run_cli",
-    "top_k_matches",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "icg.build": ("build_module",),
+        "icg.cli.lightning_cli": ("run_cli",),
+        "icg.clustering": ("PartClustering",),
+        "icg.data": (
+            "IMAGE_SUFFIXES",
+            "CUHK03NPDataModule",
+            "DatasetLayoutError",
+            "DukeMTMCDataModule",
+            "ImageRecord",
+            "Market1501DataModule",
+            "MSMT17DataModule",
+            "ReIDDataModule",
+            "ReIDDataset",
+            "SyntheticDataModule",
+            "eval_transform",
+            "generate_synthetic",
+            "load_images",
+        ),
+        "icg.deploy": ("Embedder", "ExportedModel", "export_onnx", "export_torchscript"),
+        "icg.features": ("ReIDFeatures",),
+        "icg.losses": ("CenterLoss", "ICGLoss", "TripletLoss"),
+        "icg.metrics": ("RankResult", "ReIDMetric", "evaluate_rank"),
+        "icg.model": ("ICGNet",),
+        "icg.module": ("ICGModule",),
+        "icg.part_labels": ("PartLabels",),
+        "icg.predict": ("FeatureWriter", "rank_folders"),
+        "icg.retrieval": (
+            "GalleryIndex",
+            "NormalizedFeatures",
+            "icg_distance",
+            "icg_distance_candidates",
+            "k_reciprocal_rerank",
+        ),
+        "icg.viz": ("VisualizationCallback", "adjacency_heatmap", "part_maps", "ranked_lists", "top_k_matches"),
+    },
+)

@@ -2,8 +2,8 @@
 
 The model's sizes depend on the data: the identity classifiers have one output per training identity, the part
 labels one map per training image, and the part-label maps follow the input size. The command links them
-(:meth:`icg.cli.ICGCLI.add_arguments_to_parser`); :func:`build_module` reads them the same way, so that no one
-has to copy them by hand.
+(:meth:`icg.cli.lightning_cli.ICGCLI.add_arguments_to_parser`); :func:`build_module` reads them the same way, so that no
+one has to copy them by hand.
 """
 
 from __future__ import annotations

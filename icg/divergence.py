@@ -1,4 +1,4 @@
-"""Stopping a diverged run at once, and refusing features that a diverged model produced.
+"""Stopping a diverged run at once.
 
 A learning rate far too high makes the loss NaN within a step; without a guard training goes on for the rest
 of the epoch, the first error comes much later from the evaluation, and the NaN weights may be saved over the
@@ -6,50 +6,23 @@ last good checkpoint. :class:`DivergenceGuard` checks the loss of every step bef
 parameters are never updated by a diverged step, and stops with the step, the loss terms that went non-finite
 and the learning rates. The forward pass of that step has already put non-finite batch-norm statistics in the
 model, which is why nothing may be saved after it: the guard also refuses to write a checkpoint whose tensors
-are not finite.
+are not finite. The features of a diverged model are refused by :func:`icg.features.check_finite_features`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from icg.features import ReIDFeatures
-
-__all__ = ["DivergenceError", "DivergenceGuard", "NonFiniteFeaturesError", "check_finite_features"]
+__all__ = ["DivergenceError", "DivergenceGuard"]
 
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or weights."""
-
-
-class NonFiniteFeaturesError(ValueError):
-    """Features hold NaN or infinite values: the model's weights are not finite.
-
-    Attributes:
-        rows: the rows (images) of the batch with a non-finite value.
-    """
-
-    def __init__(
-        self, what: str, rows: list[int], total: int, components: list[str], names: Sequence[str] | None = None
-    ) -> None:
-        self.rows, self.total, self.components = rows, total, components
-        shown = [str(names[i]) if names is not None else f"row {i}" for i in rows[:5]]
-        super().__init__(
-            f"{what}: the features of {len(rows)} of {total} images hold NaN or infinite values (in "
-            f"{', '.join(components)}; {', '.join(shown)}{', ...' if len(rows) > 5 else ''}). The model's weights "
-            "are not finite (a checkpoint saved after training diverged?). Use an earlier checkpoint, or retrain "
-            "with a lower learning rate."
-        )
-
-    def naming(self, what: str, names: Sequence[str]) -> NonFiniteFeaturesError:
-        """The same error, with the rows named (e.g. by their image files)."""
-        return NonFiniteFeaturesError(what, self.rows, self.total, self.components, names)
 
 
 class DivergenceGuard(Callback):
@@ -98,23 +71,3 @@ class DivergenceGuard(Callback):
                 + (", ..." if len(broken) > 5 else "")
                 + "); the previous checkpoint is kept"
             )
-
-
-def check_finite_features(features: ReIDFeatures, what: str, names: Sequence[str] | None = None) -> None:
-    """Raises :class:`NonFiniteFeaturesError` when a row of ``features`` holds NaN or infinite values.
-
-    Args:
-        features: a batch of features.
-        what: the caller, for the message (``"ICGModule.extract"``).
-        names: a name per row (file paths) to list the first bad rows by; row numbers otherwise.
-    """
-    bad = torch.zeros(len(features), dtype=torch.bool, device=features.device)
-    components = []
-    for name, value in features.items():
-        if value.is_floating_point():
-            rows = ~torch.isfinite(value.flatten(1)).all(dim=1)
-            if bool(rows.any()):
-                components.append(name)
-                bad |= rows
-    if components:
-        raise NonFiniteFeaturesError(what, bad.nonzero().flatten().tolist(), len(features), components, names)

@@ -1,7 +1,8 @@
 """The retrieval features of a batch of images: the record that the network produces and retrieval consumes.
 
 It lives apart from the distance and the re-ranking so that the model (``icg.model``), which fills it, does not
-depend on retrieval, which reads it.
+depend on retrieval, which reads it. :func:`check_finite_features` refuses the features of a diverged model (NaN or
+infinite values), for every path that produces features: ``ICGModule.extract``, ``icg predict``, the embedder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ReIDFeatures"]
+__all__ = ["NonFiniteFeaturesError", "ReIDFeatures", "check_finite_features"]
 
 
 @dataclass(eq=False)  # element-wise tensor equality has no single truth value
@@ -128,3 +129,47 @@ class ReIDFeatures:
                     f"ReIDFeatures.cat: record {i} has components {[n for n, _ in item.items()]}, record 0 has {names}"
                 )
         return cls(**{name: torch.cat([getattr(item, name) for item in items]) for name in names})
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features hold NaN or infinite values: the model's weights are not finite.
+
+    Attributes:
+        rows: the rows (images) of the batch with a non-finite value.
+    """
+
+    def __init__(
+        self, what: str, rows: list[int], total: int, components: list[str], names: Sequence[str] | None = None
+    ) -> None:
+        self.rows, self.total, self.components = rows, total, components
+        shown = [str(names[i]) if names is not None else f"row {i}" for i in rows[:5]]
+        super().__init__(
+            f"{what}: the features of {len(rows)} of {total} images hold NaN or infinite values (in "
+            f"{', '.join(components)}; {', '.join(shown)}{', ...' if len(rows) > 5 else ''}). The model's weights "
+            "are not finite (a checkpoint saved after training diverged?). Use an earlier checkpoint, or retrain "
+            "with a lower learning rate."
+        )
+
+    def naming(self, what: str, names: Sequence[str]) -> NonFiniteFeaturesError:
+        """The same error, with the rows named (e.g. by their image files)."""
+        return NonFiniteFeaturesError(what, self.rows, self.total, self.components, names)
+
+
+def check_finite_features(features: ReIDFeatures, what: str, names: Sequence[str] | None = None) -> None:
+    """Raises :class:`NonFiniteFeaturesError` when a row of ``features`` holds NaN or infinite values.
+
+    Args:
+        features: a batch of features.
+        what: the caller, for the message (``"ICGModule.extract"``).
+        names: a name per row (file paths) to list the first bad rows by; row numbers otherwise.
+    """
+    bad = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+    components = []
+    for name, value in features.items():
+        if value.is_floating_point():
+            rows = ~torch.isfinite(value.flatten(1)).all(dim=1)
+            if bool(rows.any()):
+                components.append(name)
+                bad |= rows
+    if components:
+        raise NonFiniteFeaturesError(what, bad.nonzero().flatten().tolist(), len(features), components, names)

@@ -41,8 +41,8 @@ from torchvision.models import WeightsEnum
 
 from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
 from icg.clustering import PartClustering
-from icg.divergence import DivergenceGuard, check_finite_features
-from icg.features import ReIDFeatures
+from icg.divergence import DivergenceGuard
+from icg.features import ReIDFeatures, check_finite_features
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
 from icg.model import (

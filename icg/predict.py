@@ -15,8 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from icg.contracts import PredictionData, require
 from icg.data.transforms import eval_transform, image_files, load_images
-from icg.divergence import NonFiniteFeaturesError, check_finite_features
-from icg.features import ReIDFeatures
+from icg.features import NonFiniteFeaturesError, ReIDFeatures, check_finite_features
 from icg.files import atomic_write
 from icg.module import ICGModule
 from icg.retrieval import icg_distance

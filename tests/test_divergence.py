@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from icg.data import SyntheticDataModule
-from icg.divergence import DivergenceError, NonFiniteFeaturesError
+from icg.divergence import DivergenceError
+from icg.features import NonFiniteFeaturesError
 from icg.module import ICGModule
 
 SIZE = (64, 32)

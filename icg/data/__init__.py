@@ -1,74 +1,55 @@
 """Data layer: dataset readers, synthetic pedestrians, PK sampling, augmentation with source maps (on the CPU per
-image, or on the device per batch), the decoded-image cache, datamodules."""
+image, or on the device per batch), the decoded-image cache, datamodules.
 
-from icg.data.cache import CacheFileError, ImageCache
-from icg.data.datamodule import (
-    CUHK03NPDataModule,
-    DukeMTMCDataModule,
-    Market1501DataModule,
-    MSMT17DataModule,
-    ReIDDataModule,
-    SyntheticDataModule,
-)
-from icg.data.datasets import CUHK03NP, MSMT17, DatasetLayoutError, DukeMTMCreID, ImageRecord, Market1501, ReIDDataset
-from icg.data.device_augment import BatchAugmentation
-from icg.data.sampler import PKSampler, ShardSampler
-from icg.data.synthetic import (
-    PART_LABELS,
-    PartLabel,
-    SyntheticImage,
-    SyntheticSpec,
-    generate_synthetic,
-    plan_synthetic,
-    render_synthetic,
-)
-from icg.data.transforms import (
-    IMAGE_SUFFIXES,
-    INVALID_SOURCE,
-    AugmentParams,
-    TrainTransform,
-    UnreadableImagesError,
-    eval_transform,
-    find_unreadable_images,
-    image_problem,
-    load_images,
-    read_image,
-)
+Names are imported when first used, so that the image transforms (what deployment needs) come without Lightning,
+which the datamodules need.
+"""
 
-__all__ = [
-    "AugmentParams",
-    "BatchAugmentation",
-    "CUHK03NP",
-    "CUHK03NPDataModule",
-    "CacheFileError",
-    "DatasetLayoutError",
-    "DukeMTMCDataModule",
-    "DukeMTMCreID",
-    "IMAGE_SUFFIXES",
-    "INVALID_SOURCE",
-    "ImageCache",
-    "ImageRecord",
-    "MSMT17",
-    "MSMT17DataModule",
-    "Market1501",
-    "Market1501DataModule",
-    "PART_LABELS",
-    "PKSampler",
-    "PartLabel",
-    "ReIDDataModule",
-    "ReIDDataset",
-    "ShardSampler",
-    "SyntheticDataModule",
-    "SyntheticImage",
-    "SyntheticSpec",
-    "TrainTransform",
-    "UnreadableImagesError",
-    "eval_transform",
-    "find_unreadable_images",
-    "generate_synthetic",
-    "image_problem",
-    "load_images",
-    "plan_synthetic",
-    "read_image",
-    "render_synthetic",
-]
+from icg.lazy import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "icg.data.cache": ("CacheFileError", "ImageCache"),
+        "icg.data.datamodule": (
+            "CUHK03NPDataModule",
+            "DukeMTMCDataModule",
+            "Market1501DataModule",
+            "MSMT17DataModule",
+            "ReIDDataModule",
+            "SyntheticDataModule",
+        ),
+        "icg.data.datasets": (
+            "CUHK03NP",
+            "MSMT17",
+            "DatasetLayoutError",
+            "DukeMTMCreID",
+            "ImageRecord",
+            "Market1501",
+            "ReIDDataset",
+        ),
+        "icg.data.device_augment": ("BatchAugmentation",),
+        "icg.data.sampler": ("PKSampler", "ShardSampler"),
+        "icg.data.synthetic": (
+            "PART_LABELS",
+            "PartLabel",
+            "SyntheticImage",
+            "SyntheticSpec",
+            "generate_synthetic",
+            "plan_synthetic",
+            "render_synthetic",
+        ),
+        "icg.data.transforms": (
+            "IMAGE_SUFFIXES",
+            "INVALID_SOURCE",
+            "AugmentParams",
+            "TrainTransform",
+            "UnreadableImagesError",
+            "eval_transform",
+            "find_unreadable_images",
+            "image_problem",
+            "load_images",
+            "read_image",
+        ),
+    },
+)

@@ -5,14 +5,15 @@ arrays cut out of the frame (any size, RGB or OpenCV's BGR). The embedder resize
 evaluation does (:func:`icg.data.eval_transform`), runs them in batches through a checkpoint, an ONNX file or a
 TorchScript archive, and returns L2-normalised features: the global feature, which a tracker's cosine matching
 reads, and for ICG also the foreground, part, graph features and the part visibility that the ICG distance
-(eq. 15, :func:`icg.icg_distance`) compares.
+(eq. 15, :func:`icg.icg_distance`) compares. An exported file runs without Lightning and the training code, which
+only a checkpoint loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -20,11 +21,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, read_image
-from icg.divergence import NonFiniteFeaturesError, check_finite_features
-from icg.export import ExportedModel
-from icg.features import ReIDFeatures
-from icg.module import ICGModule
-from icg.predict import load_for_inference
+from icg.deploy.exported import ExportedModel
+from icg.features import NonFiniteFeaturesError, ReIDFeatures, check_finite_features
+
+if TYPE_CHECKING:
+    from icg.module import ICGModule
 
 __all__ = ["Embedder"]
 
@@ -34,7 +35,7 @@ class Embedder:
 
     Args:
         model: a checkpoint of ``icg fit`` (``.ckpt``), a file of ``icg export`` (``.onnx`` or a TorchScript
-            archive), or an :class:`~icg.module.ICGModule` or :class:`~icg.export.ExportedModel` already loaded.
+            archive), or an :class:`~icg.module.ICGModule` or :class:`~icg.deploy.ExportedModel` already loaded.
         batch_size: crops per forward pass.
         device: where a checkpoint or a file runs (``cpu``, ``cuda``); a given module stays where it is.
         channels: the channel order of the crops given to :meth:`__call__`: ``rgb``, or ``bgr`` for OpenCV's frames.
@@ -58,19 +59,20 @@ class Embedder:
             raise ValueError(f"channels must be 'rgb' or 'bgr', got {channels!r}")
         if isinstance(model, (str, Path)):
             path = Path(model)
-            model = (
-                load_for_inference(path, device=device)
-                if path.suffix == ".ckpt"
-                else ExportedModel(path, device=device)
-            )
-        if isinstance(model, ICGModule):
-            module = model  # extract runs in eval mode and restores the module's mode
+            if path.suffix == ".ckpt":
+                from icg.predict import load_for_inference  # the training side: Lightning, the module
+
+                model = load_for_inference(path, device=device)
+            else:
+                model = ExportedModel(path, device=device)
+        if isinstance(model, ExportedModel):
+            self.image_size, mean, std = model.metadata.image_size, model.metadata.mean, model.metadata.std
+            self._model = model
+        elif callable(getattr(model, "extract", None)) and hasattr(model, "hparams"):
+            module = model  # an ICGModule; extract runs in eval mode and restores the module's mode
             self.image_size = tuple(int(x) for x in module.hparams.image_size)
             mean, std = IMAGENET_MEAN, IMAGENET_STD  # what evaluation uses (icg.data.eval_transform)
             self._model = lambda images: module.extract(images.to(module.device))
-        elif isinstance(model, ExportedModel):
-            self.image_size, mean, std = model.metadata.image_size, model.metadata.mean, model.metadata.std
-            self._model = model
         else:
             raise TypeError(f"model must be a file, an ICGModule or an ExportedModel, got {type(model).__name__}")
         self.batch_size = batch_size

@@ -11,12 +11,10 @@ import torch
 from PIL import Image
 
 from icg.data.transforms import eval_transform
-from icg.divergence import NonFiniteFeaturesError
-from icg.embedder import Embedder
-from icg.export import export_onnx, export_torchscript
-from icg.features import ReIDFeatures
+from icg.deploy import Embedder, export_onnx, export_torchscript
+from icg.features import NonFiniteFeaturesError, ReIDFeatures
 from icg.module import ICGModule
-from tests.test_export import SIZE, TOLERANCE, save_checkpoint, tiny_module
+from tests.deploy.test_export import SIZE, TOLERANCE, save_checkpoint, tiny_module
 
 
 def crops(count: int, seed: int = 0) -> list[np.ndarray]:

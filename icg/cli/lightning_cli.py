@@ -1,23 +1,5 @@
-"""The ``icg`` command (and ``python -m icg``): a LightningCLI for ``fit``, ``validate``, ``test``, ``predict``,
-plus ``icg rank`` to rank a query folder against a gallery folder with a checkpoint, and the deployment commands:
-``icg export`` (a checkpoint as an ONNX or TorchScript file), ``icg index`` (a folder of images as a FAISS gallery
-index) and ``icg search`` (query images against an index).
-
-Examples::
-
-    icg fit --config market1501                      # a shipped recipe (icg/configs/market1501.yaml)
-    icg fit --config market1501_bot                  # its BoT baseline
-    icg fit --config synthetic --trainer.max_epochs 5
-    icg test --config market1501 --ckpt_path runs/market1501/.../best.ckpt
-    icg predict --config market1501 --ckpt_path best.ckpt --data.init_args.predict_dir my_images/
-    icg rank --ckpt_path best.ckpt --query q/ --gallery g/ --output ranking.png
-    icg export --ckpt_path best.ckpt --format onnx --output model.onnx   # or --format torchscript
-    icg index --model model.onnx --folder gallery/ --output gallery.faiss
-    icg search --index gallery.faiss --query q/ --top_k 10
-
-``--config NAME`` resolves to ``icg/configs/NAME.yaml`` when ``NAME`` is not a file (an unknown name lists the
-recipes). A shipped recipe builds on ``icg/configs/base.yaml`` (the paper's recipe without a dataset), which is read
-before it. The datamodule's ``num_classes``, ``num_train_samples`` and ``image_size`` are linked to the model.
+"""``icg fit``, ``validate``, ``test`` and ``predict``: a LightningCLI over :class:`~icg.module.ICGModule` and the
+datamodules. The datamodule's ``num_classes``, ``num_train_samples`` and ``image_size`` are linked to the model.
 
 With ``--ckpt_path``:
 
@@ -35,37 +17,23 @@ With ``--ckpt_path``:
 
 from __future__ import annotations
 
-import difflib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import CLI, Namespace
+from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from icg.checkpoints import find_last_checkpoint, run_version
+from icg.cli.recipes import resolve_config_names
 from icg.data.datamodule import ReIDDataModule
-from icg.export import export_checkpoint
 from icg.files import atomic_write
-from icg.gallery import index_folder, search_index
 from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.module import ICGModule
-from icg.predict import FeatureWriter, rank_folders
-
-FUNCTION_COMMANDS: dict[str, Callable[..., Any]] = {
-    "rank": rank_folders,
-    "export": export_checkpoint,
-    "index": index_folder,
-    "search": search_index,
-}
-"""The subcommands that run one function (their options are its keyword arguments), beside LightningCLI's."""
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-BASE_RECIPE = CONFIG_DIR / "base.yaml"
-"""The paper's recipe without a dataset, which every other shipped recipe builds on."""
+from icg.predict import FeatureWriter
 
 # Model arguments that shape the weights: a checkpoint can only be loaded into a model built with its values.
 WEIGHT_SHAPING = (
@@ -205,57 +173,6 @@ class ICGCLI(LightningCLI):
             self.trainer.callbacks.append(FeatureWriter())
 
 
-def shipped_recipes() -> list[str]:
-    """The recipes ``--config`` accepts by name: ``icg/configs/*.yaml`` without the suffix, but the base."""
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml") if path != BASE_RECIPE)
-
-
-def recipe_files(value: str) -> list[str]:
-    """The config files that ``--config value`` stands for: ``value`` itself when it is a file, else the shipped
-    ``icg/configs/<value>.yaml``; a shipped recipe (by name or path) other than the base comes after
-    :data:`BASE_RECIPE`, which it builds on.
-
-    Raises:
-        FileNotFoundError: ``value`` is neither a file nor a shipped recipe; the message lists the recipes.
-    """
-    if Path(value).exists():
-        file = value
-    else:
-        shipped = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
-        if not shipped.is_file():
-            close = difflib.get_close_matches(value.removesuffix(".yaml"), shipped_recipes(), n=1)
-            raise FileNotFoundError(
-                f"--config {value}: no such file and no shipped recipe of that name"
-                + (f" (did you mean {close[0]}?)" if close else "")
-                + ". Shipped recipes: "
-                + ", ".join(shipped_recipes())
-            )
-        file = str(shipped)
-    location = Path(file).resolve()
-    if location.parent == CONFIG_DIR.resolve() and location != BASE_RECIPE.resolve():
-        return [str(BASE_RECIPE), file]
-    return [file]
-
-
-def resolve_config_names(argv: Sequence[str]) -> list[str]:
-    """Replaces each ``--config VALUE`` (and ``--config=VALUE``) by the files of :func:`recipe_files`, one
-    ``--config`` each: ``--config market1501`` becomes ``--config .../base.yaml --config .../market1501.yaml``.
-
-    Raises:
-        FileNotFoundError: a ``VALUE`` is neither a file nor a shipped recipe; the message lists the recipes.
-    """
-    resolved: list[str] = []
-    for index, arg in enumerate(argv):
-        if index > 0 and argv[index - 1] == "--config":
-            first, *others = recipe_files(arg)
-            resolved += [first, *(word for file in others for word in ("--config", file))]
-        elif arg.startswith("--config="):
-            resolved += ["--config=" + file for file in recipe_files(arg.split("=", 1)[1])]
-        else:
-            resolved.append(arg)
-    return resolved
-
-
 def run_cli(args: Sequence[str]) -> ICGCLI:
     """``icg fit|validate|test|predict ARGS`` from Python, with recipe names resolved as on the command line.
 
@@ -265,10 +182,10 @@ def run_cli(args: Sequence[str]) -> ICGCLI:
     Raises:
         FileNotFoundError: a ``--config`` is neither a file nor a shipped recipe.
     """
-    return _lightning_cli(resolve_config_names(args))
+    return lightning_cli(resolve_config_names(args))
 
 
-def _lightning_cli(args: Sequence[str] | None) -> ICGCLI:
+def lightning_cli(args: Sequence[str] | None) -> ICGCLI:
     """The ``icg`` LightningCLI, run on ``args`` (``None``: ``sys.argv``)."""
     return ICGCLI(
         ICGModule,
@@ -280,18 +197,3 @@ def _lightning_cli(args: Sequence[str] | None) -> ICGCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``icg`` console script."""
-    from_command_line = argv is None
-    try:
-        argv = resolve_config_names(sys.argv[1:] if argv is None else argv)
-    except FileNotFoundError as error:
-        raise SystemExit(f"icg: error: {error}") from None
-    if argv[:1] and argv[0] in FUNCTION_COMMANDS:
-        CLI(FUNCTION_COMMANDS[argv[0]], args=argv[1:])
-        return
-    if from_command_line:  # LightningCLI warns when given args while sys.argv has some too
-        sys.argv[1:] = argv
-    _lightning_cli(None if from_command_line else argv)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from icg.export import ExportedModel, export_onnx, export_torchscript
+from icg.deploy import ExportedModel, export_onnx, export_torchscript
 from icg.features import ReIDFeatures
 from icg.module import ICGModule
 from icg.retrieval import icg_distance

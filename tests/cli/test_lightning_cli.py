@@ -20,17 +20,19 @@ import pytest
 import torch
 from PIL import Image
 
-from icg.cli import CONFIG_DIR, ICGCLI, main, resolve_config_names, shipped_recipes
+from icg.cli import main
+from icg.cli.lightning_cli import ICGCLI
+from icg.cli.recipes import CONFIG_DIR, resolve_config_names, shipped_recipes
 from icg.data import generate_synthetic, load_images
 from icg.data.datamodule import ReIDDataModule
-from icg.divergence import NonFiniteFeaturesError
+from icg.features import NonFiniteFeaturesError
 from icg.module import ICGModule
 from icg.predict import embed_folder
 from icg.retrieval import icg_distance
+from tests.cli.test_recipes import resolved_config
 from tests.conftest import make_cuhk03np_tree, make_duke_tree, make_market_tree, make_msmt17_tree
-from tests.test_recipes import resolved_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TREES = {
     "Market1501DataModule": make_market_tree,
     "DukeMTMCDataModule": make_duke_tree,

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icg.cli import BASE_RECIPE, CONFIG_DIR, main, resolve_config_names, shipped_recipes
+from icg.cli import main
+from icg.cli.recipes import BASE_RECIPE, CONFIG_DIR, resolve_config_names, shipped_recipes
 
-FROZEN = Path(__file__).resolve().parent / "fixtures" / "recipes_before_inheritance"
+FROZEN = Path(__file__).resolve().parents[1] / "fixtures" / "recipes_before_inheritance"
 
 
 def resolved_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:

@@ -1,6 +1,6 @@
 """``icg index`` and ``icg search``: a folder of images made into a searchable gallery, and queries against it.
 
-``icg index`` embeds every image below a folder with :class:`~icg.embedder.Embedder` (a checkpoint or an exported
+``icg index`` embeds every image below a folder with :class:`~icg.deploy.embedder.Embedder` (a checkpoint or an exported
 file), in batches with a progress bar, and writes a :class:`~icg.retrieval.GalleryIndex`: ``NAME.faiss`` and
 ``NAME.meta.pt`` (paths, the features eq. 15 re-ranks with, the model's path). ``icg search`` embeds query images
 with the same model (the recorded one unless ``--model`` is given; an exported file of the same checkpoint gives
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from icg.data.transforms import image_files
-from icg.embedder import Embedder
+from icg.deploy.embedder import Embedder
 from icg.files import atomic_write
 from icg.retrieval.index import DEFAULT_CANDIDATES, GalleryIndex, SearchKey, metadata_path
 
