@@ -2,16 +2,13 @@
 
 Usage: ``python benchmarks/bench_clustering.py [--ids 751 --parts 6 --niter 20 --memory-ids 100 --epochs 3]``
 (``--skip kmeans,epoch,memory`` leaves parts out; ``--fg-signal identity`` times (a) with the identity contrast,
-which compares every cell with the identity's other images and 64 reference images; ``--classifier-statistics``
-times the pass of (a) once more with the sums that ``PartClustering(refit_classifier=True)`` needs, and gives the
-ratio of the two; ``--shared-parts`` times the two passes of ``PartClustering(shared_parts=True)``: one K-means over
-a sample of all identities' foreground cells, then every cell labelled by its nearest centroid).
+which compares every cell with the identity's other images and 64 reference images).
 
 (a) **K-means alone, Market-1501 sized**: ``--ids`` identities with 10..24 images each (mean 17, Market-1501 has
     17.2), 16x8 feature maps of 2048 channels, ``K = --parts``. The maps are drawn, not computed: per identity,
     ``K`` random unit prototypes laid out as horizontal bands (shifted per image) plus Gaussian noise, on the
     middle 4 of 8 columns (foreground, half the cells); the other columns are low-norm noise (background). They
-    are streamed through :func:`icg.clustering.cluster_part_labels` on the CPU; the time inside
+    are streamed through :func:`icg.parts.cluster_part_labels` on the CPU; the time inside
     :meth:`SphericalKMeans.fit_predict` (k-means++ seeding + faiss) is summed, and the whole pass (drawing maps
     included) is timed too. Target: K-means <= 30 s on 2 cores.
 (b) **Clustering pass / one training epoch**: ICGModule with resnet18 (ImageNet-free init) at 256x128 (16x8
@@ -45,16 +42,9 @@ from quiet_trainer import quiet_trainer
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from icg.clustering import (
-    ClusteringResult,
-    PartClustering,
-    SphericalKMeans,
-    cluster_part_labels,
-    shared_part_centroids,
-)
 from icg.data import SyntheticDataModule
-from icg.model import PixelPartClassifier
 from icg.module import ICGModule
+from icg.parts import ClusteringResult, PartClustering, SphericalKMeans, cluster_part_labels
 
 CHANNELS, HEIGHT, WIDTH = 2048, 16, 8
 POOL = 32  # noise maps reused across images: drawing 1 MiB of noise per image would dominate the pass
@@ -119,8 +109,8 @@ class TimedKMeans(SphericalKMeans):
 
 
 def run_workload(
-    num_ids: int, num_parts: int, niter: int, fg_signal: str = "activation", classifier_statistics: bool = False
-) -> tuple[float, TimedKMeans, object]:
+    num_ids: int, num_parts: int, niter: int, fg_signal: str = "activation"
+) -> tuple[float, TimedKMeans, ClusteringResult]:
     workload = Workload(num_ids)
     kmeans = TimedKMeans(num_parts, niter=niter)
     start = time.perf_counter()
@@ -131,10 +121,8 @@ def run_workload(
         num_parts,
         label_size=(HEIGHT, WIDTH),
         fg_signal=fg_signal,
-        niter=niter,
         batch_size=128,
         kmeans=kmeans,
-        classifier_inputs=PixelPartClassifier(CHANNELS, num_parts).inputs if classifier_statistics else None,
     )
     return time.perf_counter() - start, kmeans, result
 
@@ -150,26 +138,6 @@ def bench_kmeans(args: argparse.Namespace) -> None:
         f"per id), whole pass incl. drawing the maps {seconds:.1f} s; "
         f"{result.clustered_identities} clustered, {result.skipped_identities} skipped"
     )
-    if args.shared_parts:
-        workload = Workload(args.ids)
-        kmeans = TimedKMeans(args.parts, niter=args.niter)
-        data = (lambda items: workload.maps(items, args.parts), workload, workload.pids, args.parts)
-        options = dict(label_size=(HEIGHT, WIDTH), fg_signal=args.fg_signal, batch_size=128, kmeans=kmeans)
-        start = time.perf_counter()
-        centroids = shared_part_centroids(*data, **options)
-        first = time.perf_counter() - start
-        cluster_part_labels(*data, centroids=centroids, **options)
-        both = time.perf_counter() - start
-        print(
-            f"    shared parts: first pass (sample and one K-means over it, {sum(kmeans.seconds):.1f} s of K-means) "
-            f"{first:.1f} s, both passes {both:.1f} s, {both / seconds:.2f}x the per-identity pass"
-        )
-    if args.classifier_statistics:
-        with_sums = run_workload(args.ids, args.parts, args.niter, args.fg_signal, classifier_statistics=True)[0]
-        print(
-            f"    the same pass summing the refit's statistics (2049x2049 gram, every cell): {with_sums:.1f} s, "
-            f"{with_sums / seconds:.2f}x the pass without"
-        )
 
 
 class EpochTimer(Callback):
@@ -217,7 +185,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
             weights=None,
             num_parts=args.parts,
         )
-        clustering, timer = TimedClustering(niter=args.niter, batch_size=64), EpochTimer()
+        clustering, timer = TimedClustering(niter=args.niter), EpochTimer()
         trainer = quiet_trainer(
             accelerator="cpu",
             max_epochs=args.epochs,
@@ -297,8 +265,6 @@ def main() -> None:
     parser.add_argument(
         "--fg-signal", default="activation", choices=["activation", "identity"], help="the foreground rule of (a)"
     )
-    parser.add_argument("--classifier-statistics", action="store_true", help="time (a) with the refit's sums too")
-    parser.add_argument("--shared-parts", action="store_true", help="time (a) with one K-means over all identities")
     parser.add_argument("--skip", default="", help="comma-separated: kmeans, epoch, memory")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -22,31 +22,39 @@ import torch
 from machine import describe  # benchmarks/machine.py; scripts run with benchmarks/ on sys.path
 from torch.utils.flop_counter import FlopCounterMode
 
+from icg import ICGModule
 from icg.losses import ICGLoss
-from icg.model import ICGNet, foreground_target
+from icg.model import ICGNet
+from icg.parts import foreground_target
 
 
 def build(args: argparse.Namespace, device: torch.device, full: bool) -> tuple[ICGNet, ICGLoss]:
+    """The network and loss of an ICG (or BoT) module, as the recipe builds them."""
     torch.manual_seed(0)
-    net = ICGNet(
+    module = ICGModule(
         args.num_classes,
+        num_train_samples=1,
+        image_size=(args.height, args.width),
         backbone=args.backbone,
         weights=None,
         num_parts=args.num_parts,
         use_afm=full,
         use_ppc=full,
         use_fsg=full,
-    ).to(device)
+    )
+    net = module.net.to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return net, ICGLoss(args.num_classes, net.branch_dims).to(device)
+    return net, module.criterion.to(device)
 
 
 def make_train_step(
     net: ICGNet, criterion: ICGLoss, images: torch.Tensor, pids: torch.Tensor, amp: bool
 ) -> Callable[[], float]:
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=3.5e-4, weight_decay=5e-4)
-    center_optimizer = torch.optim.SGD(criterion.parameters(), lr=0.5)
+    classifiers = list(criterion.classifiers.parameters())
+    trained = [p for p in net.parameters() if p.requires_grad] + classifiers
+    optimizer = torch.optim.Adam(trained, lr=3.5e-4, weight_decay=5e-4)
+    center_optimizer = torch.optim.SGD(criterion.centers, lr=0.5)
     device = images.device
 
     def step() -> float:
@@ -64,7 +72,7 @@ def make_train_step(
                 part_target = torch.where(fg_target.bool(), bands[None, :, None].expand(len(images), h, w), 0)
             loss, _ = criterion(out, pids, fg_target, part_target)
         loss.backward()
-        for centers in criterion.parameters():
+        for centers in criterion.centers:
             centers.grad.div_(criterion.center_loss_scale)
         optimizer.step()
         center_optimizer.step()
@@ -75,11 +83,10 @@ def make_train_step(
     return step
 
 
-def count(net: ICGNet) -> tuple[int, int]:
-    """All parameters, and those used at inference (without the identity classifiers)."""
-    total = sum(p.numel() for p in net.parameters())
-    classifiers = sum(p.numel() for name, p in net.named_parameters() if ".classifier." in name)
-    return total, total - classifiers
+def count(net: ICGNet, criterion: ICGLoss) -> tuple[int, int]:
+    """Parameters with the identity classifiers (the loss's), and those used at inference (the network's)."""
+    inference = sum(p.numel() for p in net.parameters())
+    return inference + sum(p.numel() for p in criterion.classifiers.parameters()), inference
 
 
 def inference_flops(net: ICGNet, device: torch.device, height: int, width: int) -> int:
@@ -144,8 +151,8 @@ def main() -> None:
         "FLOPs: torch.utils.flop_counter counts 2 per multiply-add (GMACs = GFLOPs / 2); eval-mode forward of one "
         f"{args.height}x{args.width} image"
     )
-    for name, (net, _) in models.items():
-        total, inference = count(net)
+    for name, (net, criterion) in models.items():
+        total, inference = count(net, criterion)
         flops = inference_flops(net, device, args.height, args.width)
         print(
             f"{name}: parameters {total / 1e6:.2f}M ({inference / 1e6:.2f}M without classifiers), "

@@ -26,7 +26,8 @@ from truth import true_part_cells
 
 from icg import ICGModule
 from icg.data import SyntheticDataModule
-from icg.model import build_backbone, relative_activation
+from icg.model import build_backbone
+from icg.parts import relative_activation
 
 
 @torch.no_grad()

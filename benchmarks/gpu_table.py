@@ -172,7 +172,7 @@ def main() -> None:
     data = args.data or Path(f"data/synthetic-gpu-check-{sizes.train_ids}")
     pl.seed_everything(0, verbose=False)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # the table is the output
-    import faiss  # after torch, as icg.clustering imports it (only when it clusters)
+    import faiss  # after torch, as icg.parts.kmeans imports it (only when it clusters)
 
     rows: list[tuple[str, str]] = [("CUDA tests (pytest -m cuda)", args.tests)]
     rates = {}

@@ -46,8 +46,7 @@ from truth import true_part_cells
 
 from icg import ICGModule, SyntheticDataModule
 from icg.files import atomic_write
-from icg.model import relative_activation
-from icg.module import cell_sources
+from icg.parts import cell_sources, relative_activation
 
 
 class SalientBoT(ICGModule):

@@ -1,6 +1,6 @@
 """Measuring part maps against the synthetic generator's true part masks (shared by the benchmark scripts).
 
-Masks are sampled at the pixel that stands for each feature cell (:func:`icg.part_labels.cell_centers`, the same
+Masks are sampled at the pixel that stands for each feature cell (:func:`icg.parts.cell_centers`, the same
 pixel the training step reads labels at), so a pseudo-label or a predicted part is compared with the body part
 drawn at the cell's centre: 0 background, 1 head, 2 upper body, 3 legs, 4 shoes, 5 bag.
 """
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from icg.data.synthetic import MASK_FOLDER, PART_LABELS
-from icg.part_labels import cell_centers
+from icg.parts import cell_centers
 
 NUM_TRUE_LABELS = len(PART_LABELS)
 

@@ -33,7 +33,6 @@ __all__, __getattr__, __dir__ = lazy_exports(
     {
         "icg.build": ("build_module",),
         "icg.cli.lightning_cli": ("run_cli",),
-        "icg.clustering": ("PartClustering",),
         "icg.data": (
             "IMAGE_SUFFIXES",
             "CUHK03NPDataModule",
@@ -55,7 +54,7 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "icg.metrics": ("RankResult", "ReIDMetric", "evaluate_rank"),
         "icg.model": ("ICGNet",),
         "icg.module": ("ICGModule",),
-        "icg.part_labels": ("PartLabels",),
+        "icg.parts": ("PartClustering", "PartLabels"),
         "icg.predict": ("FeatureWriter", "rank_folders"),
         "icg.retrieval": (
             "GalleryIndex",

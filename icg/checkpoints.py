@@ -5,11 +5,14 @@
   :class:`AtomicCheckpointing` installs it in any Trainer that trains an :class:`~icg.ICGModule`.
 * :func:`find_last_checkpoint` finds the ``last.ckpt`` that ``icg fit --ckpt_path last`` resumes.
 * :func:`skip_identity_tensors` lets validation, test and prediction load a checkpoint trained on other identities.
+* :func:`weight_shapes` says which weights a module's settings make, so that a setting that changes them is known
+  by what it does, not from a list.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from icg.files import atomic_write
-from icg.model.heads import BNNeck
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -31,6 +33,7 @@ __all__ = [
     "identity_tensor_names",
     "run_version",
     "skip_identity_tensors",
+    "weight_shapes",
 ]
 
 LAST = "last.ckpt"
@@ -103,10 +106,9 @@ def run_version(checkpoint: str | Path) -> int | None:
 
 def identity_tensor_names(module: nn.Module) -> set[str]:
     """State-dict entries whose shape depends on the training identities or images and that retrieval never
-    uses: the BNNeck identity classifiers, the losses' parameters (center-loss centres) and the part-label
-    buffers (one row per training image)."""
-    names = {f"{name}.classifier.weight" for name, child in module.named_modules() if isinstance(child, BNNeck)}
-    names |= {f"criterion.{name}" for name in getattr(module, "criterion", nn.Module()).state_dict()}
+    uses: the loss's (identity classifiers and center-loss centres) and the part-label buffers (one row per
+    training image)."""
+    names = {f"criterion.{name}" for name in getattr(module, "criterion", nn.Module()).state_dict()}
     return names | {name for name in ("part_labels.labels", "part_labels.labeled") if name in module.state_dict()}
 
 
@@ -127,3 +129,17 @@ def skip_identity_tensors(module: nn.Module, checkpoint: dict[str, Any]) -> list
             f"the {len(skipped)} tensor(s) tied to them, which are not loaded: {', '.join(skipped)}"
         )
     return skipped
+
+
+def weight_shapes(module_class: type[nn.Module], settings: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every weight of ``module_class(**settings)`` but those tied to the training identities
+    (:func:`identity_tensor_names`): what a checkpoint must match to load. Built on the meta device, with random
+    initial weights and no compilation, so it costs no memory and reads no file.
+
+    Two settings give the same shapes exactly when a checkpoint of one loads into a module of the other: the
+    command line uses it to tell a value that cannot take effect with a checkpoint (``icg.cli.lightning_cli``).
+    """
+    with torch.device("meta"):
+        module = module_class(**{**settings, "weights": None, "compile": False})
+    skipped = identity_tensor_names(module)
+    return {name: tuple(value.shape) for name, value in module.state_dict().items() if name not in skipped}

@@ -17,13 +17,13 @@ from torch.utils.data import Dataset
 from icg.data.datasets import ImageRecord, ReIDDataset
 from icg.features import ReIDFeatures
 from icg.model import ICGNet
-from icg.part_labels import PartLabels
+from icg.parts.labels import PartLabels
 
 __all__ = ["ClusteringData", "LabeledModel", "PicturedModel", "PredictionData", "ReIDData", "require"]
 
 
 class LabeledModel(Protocol):
-    """A model with part labels to fill (:class:`icg.clustering.PartClustering`)."""
+    """A model with part labels to fill (:class:`icg.parts.PartClustering`)."""
 
     part_labels: PartLabels
     fg_threshold: float | str
@@ -35,9 +35,10 @@ class LabeledModel(Protocol):
 
 
 class ClusteringData(Protocol):
-    """The training images without augmentation, and who is on them (:class:`icg.clustering.PartClustering`)."""
+    """The training images without augmentation, and who is on them (:class:`icg.parts.PartClustering`)."""
 
     num_workers: int
+    eval_batch_size: int
     train_records: Sequence[ImageRecord]
 
     def cluster_dataset(self) -> Dataset:

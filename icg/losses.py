@@ -1,8 +1,10 @@
 """Losses of ICG (appendix A.1.2, eq. 17 and 19-22) and its baseline BoT (Luo et al. 2019).
 
 Per branch ``b`` (global, foreground, parts, graph): ``L_b = CE_ls(logits) + triplet(f) + center_weight *
-center(f)`` with ``f`` the feature before BN and ``CE_ls`` the cross-entropy with label smoothing 0.1
-(``torch.nn.CrossEntropyLoss(label_smoothing=...)``, which is BoT's smoothed cross-entropy). The total is
+center(f)`` with ``f`` the feature before BN, ``logits`` a bias-free linear identity classifier of the after-BN
+feature (BoT's BNNeck; it lives here, with everything else tied to the training identities), ``CE_ls`` the
+cross-entropy with label smoothing 0.1 (``torch.nn.CrossEntropyLoss(label_smoothing=...)``, BoT's smoothed
+cross-entropy) and the batch-hard triplet loss with BoT's margin 0.3. The total is
 
     ``L = feat_weight * sum_b L_b + sep_weight * L_sep + par_weight * L_par``
 
@@ -23,9 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from icg.model.network import ICGOutput
-from icg.part_labels import IGNORE_INDEX
+from icg.parts.labels import IGNORE_INDEX
 
-__all__ = ["CenterLoss", "ICGLoss", "TripletLoss", "pixel_cross_entropy"]
+__all__ = ["LABEL_SMOOTHING", "MARGIN", "CenterLoss", "ICGLoss", "TripletLoss", "pixel_cross_entropy"]
+
+MARGIN = 0.3
+"""BoT's triplet margin."""
+LABEL_SMOOTHING = 0.1
+"""BoT's label smoothing of the identity cross-entropy."""
 
 
 def _check_targets(features: Tensor, targets: Tensor) -> None:
@@ -53,7 +60,7 @@ class TripletLoss(nn.Module):
         ``forward``: features ``[B, D]``, targets ``[B]`` -> scalar.
     """
 
-    def __init__(self, margin: float = 0.3) -> None:
+    def __init__(self, margin: float = MARGIN) -> None:
         super().__init__()
         self.margin = margin
 
@@ -136,16 +143,17 @@ def pixel_cross_entropy(logits: Tensor, target: Tensor, *, ignore_index: int = I
 class ICGLoss(nn.Module):
     """The composed ICG objective (eq. 22), or BoT's loss when only the global branch is active.
 
+    Holds what is tied to the training identities: one identity classifier (bias-free, BoT's ``N(0, 0.001^2)``
+    initialisation) and one :class:`CenterLoss` per branch. The weights have no defaults here: the model's recipe
+    (:class:`icg.ICGModule`) sets them.
+
     Args:
         num_classes: number of training identities.
-        branch_dims: feature size (before BN) of each active branch, e.g. ``ICGNet.branch_dims``; one
-            :class:`CenterLoss` is made per branch.
+        branch_dims: feature size (before BN) of each active branch, e.g. ``ICGNet.branch_dims``.
         feat_weight: ``alpha_feat``, weight of the sum of branch losses (1 in BoT mode, see the module doc).
         sep_weight: ``alpha_sep``, weight of the foreground pixel loss.
         par_weight: ``alpha_par``, weight of the part pixel loss.
         center_weight: weight of the center loss inside each branch loss.
-        margin: triplet margin.
-        label_smoothing: of the identity cross-entropy.
 
     ``forward(output, pids, fg_target=None, part_target=None)`` returns the total loss and a dict of detached
     components for logging: ``"<branch>/ce"``, ``"<branch>/triplet"``, ``"<branch>/center"``,
@@ -158,14 +166,14 @@ class ICGLoss(nn.Module):
         num_classes: int,
         branch_dims: Mapping[str, int],
         *,
-        feat_weight: float = 0.2,
-        sep_weight: float = 0.1,
-        par_weight: float = 0.1,
-        center_weight: float = 5e-4,
-        margin: float = 0.3,
-        label_smoothing: float = 0.1,
+        feat_weight: float,
+        sep_weight: float,
+        par_weight: float,
+        center_weight: float,
     ) -> None:
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if "global" not in branch_dims:
             raise ValueError(f"branch_dims must contain 'global', got {list(branch_dims)}")
         self.branch_names = list(branch_dims)
@@ -174,9 +182,19 @@ class ICGLoss(nn.Module):
         self.sep_weight = sep_weight
         self.par_weight = par_weight
         self.center_weight = center_weight
-        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.triplet = TripletLoss(margin=margin)
+        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+        self.triplet = TripletLoss()
+        self.classifiers = nn.ModuleDict(
+            {name: nn.Linear(dim, num_classes, bias=False) for name, dim in branch_dims.items()}
+        )
+        for classifier in self.classifiers.values():
+            nn.init.normal_(classifier.weight, std=0.001)
         self.center = nn.ModuleDict({name: CenterLoss(num_classes, dim) for name, dim in branch_dims.items()})
+
+    @property
+    def centers(self) -> list[nn.Parameter]:
+        """The center-loss centres, which take BoT's own SGD step (:meth:`icg.ICGModule.on_before_optimizer_step`)."""
+        return [loss.centers for loss in self.center.values()]
 
     @property
     def center_loss_scale(self) -> float:
@@ -198,7 +216,7 @@ class ICGLoss(nn.Module):
         logs: dict[str, Tensor] = {}
         feat_loss = output.feature_map.new_zeros((), dtype=torch.float32)
         for name, branch in output.branches.items():
-            ce = self.cross_entropy(branch.logits.float(), pids)
+            ce = self.cross_entropy(self.classifiers[name](branch.bn_features).float(), pids)
             triplet = self.triplet(branch.features, pids)
             center = self.center[name](branch.features, pids)
             branch_loss = ce + triplet + self.center_weight * center

@@ -1,11 +1,12 @@
 """``ICGModule``: the ICG network, its losses and BoT's training recipe as a LightningModule.
 
-Part pseudo-labels live here, in ``part_labels`` (:class:`icg.part_labels.PartLabels`): the clustering callback
-(:class:`icg.clustering.PartClustering`) fills them, checkpoints carry them and the training step reads each
-batch's targets from them through the batch's source maps. The foreground target of ``L_sep`` is computed
-online from the batch's ``F_g`` by the rule the clustering uses (see :mod:`icg.model.afm`), or, with
-``fg_signal="identity"``, read from the pseudo-labels, which that rule needs whole identities to compute; cells
-that show padding or an erased box are ignored by both pixel losses.
+The module is the one place that holds the method's settings: it builds the network (:class:`~icg.model.ICGNet`) and
+the loss (:class:`~icg.losses.ICGLoss`) from them. Part pseudo-labels live here, in ``part_labels``
+(:class:`icg.parts.PartLabels`): the clustering callback (:class:`icg.parts.PartClustering`) fills them,
+checkpoints carry them and the training step reads each batch's targets from them through the batch's source
+maps. The foreground target of ``L_sep`` is computed online from the batch's ``F_g`` by the rule the clustering
+uses (:mod:`icg.parts.foreground`), or, with ``fg_signal="identity"``, read from the pseudo-labels, which that rule
+needs whole identities to compute; cells that show padding or an erased box are ignored by both pixel losses.
 
 Internal signals are logged so that a run shows whether its parts form: ``train/visible_parts`` (parts that
 are the arg-max of some cell, mean per image), ``train/part_entropy`` (mean entropy of the part probabilities,
@@ -19,7 +20,7 @@ from the gradient (Loshchilov & Hutter): with Adam's L2 penalty, a branch whose 
 ``feat_weight``) or a pixel head weighted 0.1 is effectively decayed 5x or 10x more strongly than BoT's branch at
 weight 1, so an ablation would compare regularisations as well as modules. BoT trains the center-loss
 centres with their own plain SGD (lr 0.5) on the *unweighted* center-loss gradient; here the centres sit in a
-last parameter group of the optimiser with learning rate 0, only so that Lightning unscales (fp16), all-reduces
+second parameter group of the optimiser with learning rate 0, only so that Lightning unscales (fp16), all-reduces
 (DDP) and zeroes their gradients, and :meth:`ICGModule.on_before_optimizer_step` applies that SGD step and
 clears their gradients before Adam runs. Optimisation stays automatic (one optimiser, so ``global_step``,
 ``max_steps``, gradient accumulation and clipping keep their usual meaning).
@@ -37,28 +38,35 @@ from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torchvision.models import WeightsEnum
 
 from icg.checkpoints import AtomicCheckpointing, skip_identity_tensors
-from icg.clustering import PartClustering
 from icg.divergence import DivergenceGuard
 from icg.features import ReIDFeatures, check_finite_features
 from icg.losses import ICGLoss
 from icg.metrics import ReIDMetric, format_rank_table
 from icg.model import (
-    FgSignal,
-    FgThreshold,
+    FlexibleStructureGraph,
     ICGNet,
     ICGOutput,
     PartAssignment,
     PixelPartClassifier,
+    SpatialAttention,
+    attention_kernel,
+    build_backbone,
+    to_reid_features,
+)
+from icg.model.backbone import IMAGENET_WEIGHTS
+from icg.parts import (
+    IGNORE_INDEX,
+    FgSignal,
+    FgThreshold,
+    PartClustering,
+    PartLabels,
+    cell_sources,
     check_fg_signal,
     check_fg_threshold,
     foreground_target,
-    to_reid_features,
 )
-from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
-from icg.part_labels import IGNORE_INDEX, PartLabels, cell_sources
 
 
 def warmup_multistep_factor(
@@ -85,39 +93,22 @@ class ICGModule(LightningModule):
         weights: backbone weights, torchvision's convention: a weight name (default ``"IMAGENET1K_V1"``, which must
             be on disk when offline; ``"IMAGENET1K_V2"``, ``"DEFAULT"``), a file (a state dict or an icg
             checkpoint, of which only the backbone is taken) or ``None`` (random).
-        pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file), translated into
-            ``weights`` with a ``FutureWarning`` while ``weights`` is at its default; the hyperparameters keep only
-            ``weights``.
+        output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
         num_parts: K, body parts of the PPC (the paper's best: 6).
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
-        foreground_from_parts: with PPC and AFM, the foreground is the union of the parts, ``P_f = 1 - P_0``
-            (eq. 8-9); otherwise the AFM's own head (eq. 16). See :mod:`icg.model.network`.
         part_assignment: ``"argmax"`` (the paper: a cell's part is its arg-max over background and the K parts) or
             ``"foreground"`` (background against the union of the parts first, eq. 8); it decides which parts are
             visible (:func:`~icg.model.ppc.assign_parts`).
-        pixel_logit_scale: logit scale of the part classifier and the foreground head (see :mod:`icg.model.ppc`).
-        part_position: the part classifier also reads each cell's height (not in the paper; see
-            :class:`~icg.model.ppc.PixelPartClassifier`).
-        attention_kernel: kernel size of the AFM's spatial attention.
-        gcn_layers: GCN layers of the FSG.
-        output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
-        fg_threshold: a cell is foreground when the norm of its ``F_g`` is at least this share of the image's
-            largest (eq. 3; the same rule in the clustering); ``"otsu"``: the share is chosen per image by Otsu's
-            method (:func:`~icg.model.afm.foreground_target`). With ``fg_signal="identity"`` it splits the identity
-            contrast instead.
-        fg_signal: what the foreground is read from. ``"activation"`` (the paper, eq. 3): the norms of ``F_g``,
-            thresholded online for every batch and in the clustering. ``"identity"``: what recurs in an identity's
-            images and not in other people's (:func:`~icg.model.afm.identity_contrast`), decided by the clustering
-            (needs ``use_ppc``); ``L_sep``'s target is then the pseudo-labels' foreground, and images without
-            labels are not scored. For training from scratch, where the norms are larger on the background; see
-            ``docs/DECISIONS.md``.
+        fg_signal: what the foreground is read from (:mod:`icg.parts.foreground`). ``"activation"`` (the paper,
+            eq. 3): the norms of ``F_g``, thresholded online for every batch and in the clustering. ``"identity"``:
+            what recurs in an identity's images and not in other people's, decided by the clustering (needs
+            ``use_ppc``); ``L_sep``'s target is then the pseudo-labels' foreground, and images without labels are
+            not scored. ``docs/DECISIONS.md`` says which to use when.
+        fg_threshold: how each image's foreground scores are split, in training and clustering alike: a share of the
+            largest (the paper: 0.5) or ``"otsu"`` (chosen per image, :func:`~icg.parts.foreground.otsu_thresholds`).
         feat_weight, sep_weight, par_weight: ``alpha_feat``, ``alpha_sep``, ``alpha_par`` of eq. 22.
-        center_weight, margin, label_smoothing: BoT's per-branch loss settings.
+        center_weight: BoT's center-loss weight in each branch loss.
         lr, weight_decay: AdamW's; the decay is decoupled (module docstring), ``lr * weight_decay`` per step.
-        head_lr_factor: the learning rate of the layers after the feature extractor (foreground head, part
-            classifier, graph, BNNecks and identity classifiers), as a multiple of ``lr`` (fast-reid's
-            ``HEADS_LR_FACTOR``): layers that start from random weights learn faster while a pretrained backbone
-            keeps what it knows. The backbone and the AFM's attention take ``lr``.
         warmup_epochs, warmup_start: linear warm-up from ``warmup_start * lr`` over ``warmup_epochs``.
         milestones, gamma: the learning rate is multiplied by ``gamma`` at each milestone epoch.
         center_lr: SGD learning rate of the center-loss centres (BoT: 0.5).
@@ -137,29 +128,20 @@ class ICGModule(LightningModule):
         image_size: tuple[int, int] = (256, 128),
         backbone: str = "resnet50",
         weights: str | None = IMAGENET_WEIGHTS,
-        pretrained: bool | str | None = None,
+        output_stride: int = 16,
         num_parts: int = 6,
         use_afm: bool = True,
         use_ppc: bool = True,
         use_fsg: bool = True,
-        foreground_from_parts: bool = True,
         part_assignment: PartAssignment = "argmax",
-        pixel_logit_scale: float = 16.0,
-        part_position: bool = False,
-        attention_kernel: int = 7,
-        gcn_layers: int = 2,
-        output_stride: int = 16,
-        fg_threshold: FgThreshold = 0.5,
         fg_signal: FgSignal = "activation",
+        fg_threshold: FgThreshold = 0.5,
         feat_weight: float = 0.2,
         sep_weight: float = 0.1,
         par_weight: float = 0.1,
         center_weight: float = 5e-4,
-        margin: float = 0.3,
-        label_smoothing: float = 0.1,
         lr: float = 3.5e-4,
         weight_decay: float = 5e-4,
-        head_lr_factor: float = 1.0,
         warmup_epochs: int = 10,
         warmup_start: float = 0.1,
         milestones: tuple[int, ...] = (40, 70),
@@ -176,32 +158,24 @@ class ICGModule(LightningModule):
             raise ValueError(
                 "ICGModule: fg_signal='identity' needs use_ppc=True: the part clustering decides the foreground"
             )
-        weights = resolve_weights(weights, pretrained)
-        if isinstance(weights, os.PathLike):  # hyperparameters hold plain values, which weights_only loads read
-            weights = os.fspath(weights)
-        elif isinstance(weights, WeightsEnum):
-            weights = f"{type(weights).__name__}.{weights.name}"
-        self.save_hyperparameters(ignore=["pretrained"])
+        if use_fsg and not use_ppc:
+            raise ValueError("ICGModule: use_fsg=True needs use_ppc=True: the graph's nodes are the PPC part features")
         if use_ppc and num_train_samples < 1:
             raise ValueError(
                 "ICGModule: use_ppc=True needs num_train_samples (the number of training images, "
                 "datamodule.num_train_samples) to hold one part-label map per image"
             )
+        if isinstance(weights, os.PathLike):  # hyperparameters hold plain values, which weights_only loads read
+            weights = os.fspath(weights)
+        self.save_hyperparameters()
+        trunk = build_backbone(backbone, weights=weights, output_stride=output_stride)
+        map_size = trunk.output_size(image_size)
+        channels = trunk.out_channels
         self.net = ICGNet(
-            num_classes,
-            backbone=backbone,
-            weights=weights,
-            num_parts=num_parts,
-            use_afm=use_afm,
-            use_ppc=use_ppc,
-            use_fsg=use_fsg,
-            foreground_from_parts=foreground_from_parts,
-            part_assignment=part_assignment,
-            pixel_logit_scale=pixel_logit_scale,
-            part_position=part_position,
-            attention_kernel=attention_kernel,
-            gcn_layers=gcn_layers,
-            output_stride=output_stride,
+            trunk,
+            attention=SpatialAttention(kernel_size=attention_kernel(map_size)) if use_afm else None,
+            part_classifier=PixelPartClassifier(channels, num_parts, assignment=part_assignment) if use_ppc else None,
+            graph=FlexibleStructureGraph(num_parts, channels) if use_fsg else None,
         )
         self.criterion = ICGLoss(
             num_classes,
@@ -210,11 +184,8 @@ class ICGModule(LightningModule):
             sep_weight=sep_weight,
             par_weight=par_weight,
             center_weight=center_weight,
-            margin=margin,
-            label_smoothing=label_smoothing,
         )
-        rows = num_train_samples if use_ppc else 0
-        self.part_labels = PartLabels(rows, num_parts, self.net.backbone.output_size(image_size))
+        self.part_labels = PartLabels(num_train_samples if use_ppc else 0, num_parts, map_size)
         self._epoch_visible_parts = torch.zeros(())
         self._visibility_warned = False
         self.val_metric = ReIDMetric(rerank=rerank)
@@ -247,7 +218,7 @@ class ICGModule(LightningModule):
         """Targets of ``L_sep`` and ``L_par`` for a training batch (``None`` for a module that is off).
 
         The part target is read from the pseudo-labels through the source map
-        (:meth:`icg.part_labels.PartLabels.targets`). The foreground target is, with ``fg_signal="activation"``,
+        (:meth:`icg.parts.PartLabels.targets`). The foreground target is, with ``fg_signal="activation"``,
         the feature-norm rule (eq. 3) applied to the batch's ``F_g``; with ``"identity"``, the pseudo-labels'
         foreground, and images not clustered are ignored by both losses. Both are ``[B, h, w]`` long with
         ``IGNORE_INDEX`` where a cell shows padding or an erased box.
@@ -335,22 +306,10 @@ class ICGModule(LightningModule):
 
     @property
     def fg_signal(self) -> FgSignal:
-        """What the foreground is read from (``"activation"``, eq. 3, or ``"identity"``); checkpoints from before
-        the option read ``"activation"``."""
-        return self.hparams.get("fg_signal", "activation")
-
-    @property
-    def part_classifier(self) -> PixelPartClassifier | None:
-        """The pixel part classifier of PPC (``None`` without ``use_ppc``); :class:`icg.PartClustering` refits it
-        to each clustering's labels when asked (``refit_classifier``)."""
-        return self.net.part_classifier
+        """What the foreground is read from (``"activation"``, eq. 3, or ``"identity"``)."""
+        return self.hparams.fg_signal
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the part labels' buffers before PartLabels owned them
-        state = checkpoint["state_dict"]
-        for old, new in (("part_labels", "part_labels.labels"), ("labelled", "part_labels.labeled")):
-            if old in state and new not in state:
-                state[new] = state.pop(old)
         # evaluation and prediction need the network only: a checkpoint trained on other identities (another
         # dataset) is accepted, its identity classifiers, centres and part labels are not loaded
         if self._trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
@@ -361,7 +320,7 @@ class ICGModule(LightningModule):
         # (fp16 overflow, when the scaler skips the whole step) leaves the centres alone, without a host sync.
         step = self.hparams.center_lr / self.criterion.center_loss_scale
         with torch.no_grad():
-            for centers in self.criterion.parameters():
+            for centers in self.criterion.centers:
                 if centers.grad is not None:
                     grad = centers.grad
                     centers.sub_(torch.where(torch.isfinite(grad).all(), grad * step, 0.0))
@@ -369,20 +328,11 @@ class ICGModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        centers = list(self.criterion.parameters())
-        # the attention belongs to the feature extractor: it makes F_g, from which the foreground target and the
-        # pseudo-labels are read; at the heads' rate it flattened the cell norms (docs/DECISIONS.md)
-        extractor = [self.net.backbone] + ([self.net.attention] if self.net.attention is not None else [])
-        backbone = [p for module in extractor for p in module.parameters() if p.requires_grad]
-        taken = {id(p) for p in centers + backbone}
-        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
-        # always three groups, so that a checkpoint's optimiser state fits whatever the factor
+        centers = self.criterion.centers
+        taken = {id(p) for p in centers}
+        trained = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         optimizer = torch.optim.AdamW(
-            [
-                {"params": backbone},
-                {"params": heads, "lr": hp.lr * hp.head_lr_factor},
-                {"params": centers, "lr": 0.0, "weight_decay": 0.0},
-            ],
+            [{"params": trained}, {"params": centers, "lr": 0.0, "weight_decay": 0.0}],
             lr=hp.lr,
             weight_decay=hp.weight_decay,
         )

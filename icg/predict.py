@@ -91,9 +91,7 @@ def load_for_inference(ckpt_path: str | Path, *, device: str | torch.device = "c
     """
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    module = ICGModule.load_from_checkpoint(
-        ckpt_path, map_location=device, weights_only=True, weights=None, pretrained=None
-    )
+    module = ICGModule.load_from_checkpoint(ckpt_path, map_location=device, weights_only=True, weights=None)
     return module.eval()
 
 

@@ -23,7 +23,6 @@ from icg.contracts import PicturedModel, ReIDData, require
 from icg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, load_images
 from icg.features import ReIDFeatures
 from icg.files import atomic_write
-from icg.model import PartAssignment, assign_parts
 from icg.retrieval import icg_distance
 
 # background (unused) then up to 12 parts: distinct, colour-blind-friendly-ish hues, top part first
@@ -79,8 +78,7 @@ def part_maps(
     *,
     num_parts: int,
     pseudo_labels: Tensor | None = None,
-    part_logits: Tensor | None = None,
-    part_assignment: PartAssignment = "argmax",
+    predicted_parts: Tensor | None = None,
     foreground: Tensor | None = None,
     attention: Tensor | None = None,
     min_width: int = 128,
@@ -92,8 +90,8 @@ def part_maps(
         images: ``[B, 3, H, W]``, normalised float or uint8.
         num_parts: K.
         pseudo_labels: ``[B, h, w]`` clustering labels (0 background, 1..K top to bottom).
-        part_logits: ``[B, K + 1, h, w]`` the part classifier's output.
-        part_assignment: how a cell gets its part from them (the model's; :func:`icg.model.assign_parts`).
+        predicted_parts: ``[B, h, w]`` the part the model assigns to each cell (0 background; the network output's
+            ``part_map``).
         foreground: ``[B, h, w]`` foreground probability ``P_f`` in [0, 1].
         attention: ``[B, h, w]`` the AFM's spatial attention ``S_A``, scaled to [0, 1].
         min_width: tiles narrower than this are enlarged by a whole factor (nearest), so that small inputs
@@ -108,9 +106,8 @@ def part_maps(
     if pseudo_labels is not None:
         overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, pseudo_labels)]
         columns.append(("pseudo-labels", torch.stack(overlays)))
-    if part_logits is not None:
-        predicted = assign_parts(part_logits, part_assignment)
-        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, predicted)]
+    if predicted_parts is not None:
+        overlays = [_overlay(image, labels, num_parts) for image, labels in zip(images, predicted_parts)]
         columns.append(("predicted parts", torch.stack(overlays)))
     if foreground is not None:
         columns.append(("foreground P_f", _heat(foreground, size)))
@@ -141,7 +138,7 @@ def part_maps(
         return y + 40
 
     strips = [_strip(grid.shape[-1], 22, titles), grid]
-    if pseudo_labels is not None or part_logits is not None:
+    if pseudo_labels is not None or predicted_parts is not None:
         strips.append(_strip(grid.shape[-1], 400, key))
     return torch.cat(strips, dim=1)
 
@@ -286,8 +283,7 @@ class VisualizationCallback(Callback):
             images,
             num_parts=num_parts,
             pseudo_labels=labels,
-            part_logits=output.part_logits,
-            part_assignment=pl_module.net.part_assignment,
+            predicted_parts=output.part_map,
             foreground=fg,
             attention=attention,
         )

@@ -144,3 +144,18 @@ def test_a_checkpoint_of_another_architecture_still_fails_to_load() -> None:
     skip_identity_tensors(evaluated, checkpoint)
     with pytest.raises(RuntimeError, match="part_classifier"):
         evaluated.load_state_dict(checkpoint["state_dict"])
+
+
+def test_weight_shapes_tell_the_settings_that_shape_the_weights() -> None:
+    from icg.checkpoints import weight_shapes
+    from icg.module import ICGModule
+
+    base = dict(num_classes=8, num_train_samples=20, image_size=(256, 128), backbone="resnet18", num_parts=6)
+    shapes = weight_shapes(ICGModule, base)
+    assert "net.part_classifier.conv.weight" in shapes and not any(name.startswith("criterion.") for name in shapes)
+    # tied to the training identities or images: another dataset evaluates with the same weights
+    for other in ({"num_classes": 3}, {"num_train_samples": 5}, {"fg_threshold": "otsu"}, {"lr": 0.1}):
+        assert weight_shapes(ICGModule, {**base, **other}) == shapes, other
+    # the parts, the switches, the backbone, and the map size (the attention's kernel follows it)
+    for other in ({"num_parts": 4}, {"use_fsg": False}, {"backbone": "resnet34"}, {"image_size": (128, 64)}):
+        assert weight_shapes(ICGModule, {**base, **other}) != shapes, other

@@ -95,12 +95,12 @@ def _smoothed_ce(logits: np.ndarray, labels: np.ndarray, epsilon: float) -> floa
     return float(-(target * log_prob).sum(axis=1).mean())
 
 
-def _fake_output(dims: dict[str, int], num_classes: int, with_pixels: bool) -> ICGOutput:
+WEIGHTS = dict(feat_weight=0.2, sep_weight=0.1, par_weight=0.1, center_weight=5e-4)  # eq. 22 and BoT's
+
+
+def _fake_output(dims: dict[str, int], with_pixels: bool) -> ICGOutput:
     torch.manual_seed(1)
-    branches = {
-        name: BranchOutput(torch.randn(8, dim), torch.randn(8, dim), torch.randn(8, num_classes))
-        for name, dim in dims.items()
-    }
+    branches = {name: BranchOutput(torch.randn(8, dim), torch.randn(8, dim)) for name, dim in dims.items()}
     return ICGOutput(
         feature_map=torch.randn(8, 4, 4, 2),
         backbone_map=torch.randn(8, 4, 4, 2),
@@ -112,7 +112,7 @@ def _fake_output(dims: dict[str, int], num_classes: int, with_pixels: bool) -> I
 
 def test_composed_loss_is_the_weighted_sum() -> None:
     dims = {"global": 4, "foreground": 4, "parts": 12, "graph": 4}
-    output = _fake_output(dims, num_classes=5, with_pixels=True)
+    output = _fake_output(dims, with_pixels=True)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 4, 4])
     fg_target = torch.randint(0, 2, (8, 4, 2))
     part_target = torch.randint(0, 4, (8, 4, 2))
@@ -125,7 +125,8 @@ def test_composed_loss_is_the_weighted_sum() -> None:
     for name, branch in output.branches.items():
         centers = criterion.center[name].centers.detach()
         center = ((branch.features - centers[pids]) ** 2).sum(dim=1).mean().item()
-        ce = _smoothed_ce(branch.logits.numpy(), pids.numpy(), 0.1)
+        logits = branch.bn_features.numpy() @ criterion.classifiers[name].weight.detach().numpy().T
+        ce = _smoothed_ce(logits, pids.numpy(), 0.1)
         expected_feat += ce + triplet(branch.features, pids).item() + 0.01 * center
         assert logs[f"{name}/ce"].item() == pytest.approx(ce, rel=1e-5)
     sep = torch.nn.functional.cross_entropy(output.fg_logits, fg_target).item()
@@ -139,38 +140,42 @@ def test_composed_loss_is_the_weighted_sum() -> None:
 
 
 def test_bot_mode_has_weight_one() -> None:
-    output = _fake_output({"global": 6}, num_classes=3, with_pixels=False)
+    output = _fake_output({"global": 6}, with_pixels=False)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
-    criterion = ICGLoss(3, {"global": 6})  # feat_weight stays at its ICG default 0.2
+    criterion = ICGLoss(3, {"global": 6}, **WEIGHTS)  # feat_weight is ICG's 0.2
     total, _ = criterion(output, pids)
     branch = output.branches["global"]
     centers = criterion.center["global"].centers.detach()
     center = ((branch.features - centers[pids]) ** 2).sum(dim=1).mean().item()
+    logits = branch.bn_features.numpy() @ criterion.classifiers["global"].weight.detach().numpy().T
     expected = (
-        _smoothed_ce(branch.logits.numpy(), pids.numpy(), 0.1)
+        _smoothed_ce(logits, pids.numpy(), 0.1)
         + _brute_force_triplet(branch.features.numpy(), pids.tolist(), 0.3)
         + 5e-4 * center
     )
     assert total.item() == pytest.approx(expected, rel=1e-5)
     assert criterion.center_loss_scale == pytest.approx(5e-4)
-    assert ICGLoss(3, {"global": 6, "parts": 6}).center_loss_scale == pytest.approx(0.2 * 5e-4)
+    assert ICGLoss(3, {"global": 6, "parts": 6}, **WEIGHTS).center_loss_scale == pytest.approx(0.2 * 5e-4)
+    # BoT's classifier initialisation: N(0, 0.001^2), no bias
+    weight = ICGLoss(500, {"global": 64}, **WEIGHTS).classifiers["global"].weight
+    assert criterion.classifiers["global"].bias is None and weight.std().item() == pytest.approx(0.001, rel=0.05)
 
 
 def test_missing_part_target_skips_the_part_loss() -> None:
     dims = {"global": 4, "parts": 12}
-    output = _fake_output(dims, num_classes=5, with_pixels=True)
+    output = _fake_output(dims, with_pixels=True)
     output.fg_logits = None
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 4, 4])
-    criterion = ICGLoss(5, dims)
+    criterion = ICGLoss(5, dims, **WEIGHTS)
     total, logs = criterion(output, pids)
     assert logs["par"].item() == 0.0
     assert total.item() == pytest.approx(0.2 * (logs["global/total"] + logs["parts/total"]).item(), rel=1e-6)
 
 
 def test_mismatched_inputs_are_named() -> None:
-    output = _fake_output({"global": 4}, num_classes=5, with_pixels=False)
+    output = _fake_output({"global": 4}, with_pixels=False)
     pids = torch.zeros(8, dtype=torch.long)
     with pytest.raises(ValueError, match="branches"):
-        ICGLoss(5, {"global": 4, "graph": 4})(output, pids)
+        ICGLoss(5, {"global": 4, "graph": 4}, **WEIGHTS)(output, pids)
     with pytest.raises(ValueError, match="fg_target"):
-        ICGLoss(5, {"global": 4})(output, pids, fg_target=torch.zeros(8, 4, 2, dtype=torch.long))
+        ICGLoss(5, {"global": 4}, **WEIGHTS)(output, pids, fg_target=torch.zeros(8, 4, 2, dtype=torch.long))

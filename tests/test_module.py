@@ -6,7 +6,7 @@ import torch
 from icg.losses import pixel_cross_entropy
 from icg.model import build_backbone
 from icg.module import ICGModule, warmup_multistep_factor
-from icg.part_labels import IGNORE_INDEX
+from icg.parts import IGNORE_INDEX
 
 H, W = 64, 32  # feature map 4 x 2 at output stride 16
 
@@ -69,6 +69,8 @@ def test_fg_signal_and_part_assignment_are_checked() -> None:
     tiny = dict(num_classes=4, image_size=(H, W), backbone="resnet18", weights=None)
     with pytest.raises(ValueError, match="needs use_ppc=True"):
         ICGModule(**tiny, use_ppc=False, use_fsg=False, fg_signal="identity")
+    with pytest.raises(ValueError, match="use_fsg=True needs use_ppc=True"):
+        ICGModule(**tiny, use_ppc=False)
     with pytest.raises(ValueError, match="ICGModule: fg_signal"):
         ICGModule(**tiny, num_train_samples=2, fg_signal="norm")
     assert ICGModule(**tiny, num_train_samples=2).fg_signal == "activation"
@@ -76,8 +78,8 @@ def test_fg_signal_and_part_assignment_are_checked() -> None:
         ICGModule(**tiny, num_train_samples=2, part_assignment="union")
 
 
-@pytest.mark.parametrize("foreground_from_parts", [True, False])
-def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool) -> None:
+@pytest.mark.parametrize("use_ppc", [True, False], ids=["union-of-parts", "foreground-head"])
+def test_foreground_target_stays_on_a_bright_object(use_ppc: bool) -> None:
     # L_sep alone trains the attention and the foreground classifier over a frozen random trunk, on images with a
     # bright object in the centre columns. When L_sep could reach the attention (a head on the raw F_g), the
     # target collapsed onto positions: its on-object share fell from 0.78 to 0.00 within 50 steps. Now the
@@ -90,8 +92,8 @@ def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool)
         image_size=(height, width),
         backbone="resnet18",
         weights=None,
+        use_ppc=use_ppc,
         use_fsg=False,
-        foreground_from_parts=foreground_from_parts,
         fg_threshold=0.7,
     )
     module.net.backbone.requires_grad_(False)
@@ -128,7 +130,7 @@ def test_foreground_target_stays_on_a_bright_object(foreground_from_parts: bool)
     assert max(attention_gradients) < 1e-6
 
 
-def test_weight_decay_is_decoupled_and_the_heads_take_their_own_lr() -> None:
+def test_weight_decay_is_decoupled_and_the_centres_are_left_to_their_own_step() -> None:
     # AdamW shrinks a parameter without gradient by exactly lr * weight_decay per step, whatever the loss weights;
     # Adam's L2 penalty would move it by ~lr (its gradient is the penalty alone, which Adam normalises to 1).
     module = ICGModule(
@@ -140,27 +142,21 @@ def test_weight_decay_is_decoupled_and_the_heads_take_their_own_lr() -> None:
         num_parts=3,
         lr=1e-3,
         weight_decay=0.05,
-        head_lr_factor=10.0,
         warmup_epochs=0,
     )
     optimizer = module.configure_optimizers()["optimizer"]
-    backbone, heads, centers = optimizer.param_groups
-    # the backbone and the attention at lr, every other trained weight (part classifier, graph, heads) at 10 x lr
-    extractor = [*module.net.backbone.parameters(), *module.net.attention.parameters()]
-    assert {id(p) for p in backbone["params"]} == {id(p) for p in extractor}
-    assert {id(p) for p in heads["params"]} >= {id(p) for p in module.net.part_classifier.parameters()}
-    trained = [p for p in module.parameters() if p.requires_grad]  # BNNeck biases are frozen (BoT)
-    assert len(backbone["params"]) + len(heads["params"]) + len(centers["params"]) == len(trained)
-    before = {id(p): p.detach().clone() for group in (backbone, heads) for p in group["params"]}
-    for group in (backbone, heads):
-        for parameter in group["params"]:
-            parameter.grad = torch.zeros_like(parameter)
+    trained, centers = optimizer.param_groups
+    assert {id(p) for p in centers["params"]} == {id(p) for p in module.criterion.centers}
+    # every trained weight but the centres, the identity classifiers of the loss included
+    assert {id(p) for p in trained["params"]} >= {id(p) for p in module.criterion.classifiers.parameters()}
+    assert len(trained["params"]) + len(centers["params"]) == len([p for p in module.parameters() if p.requires_grad])
+    before = {id(p): p.detach().clone() for p in trained["params"]}
+    for parameter in trained["params"]:
+        parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
-    for group, lr in ((backbone, 1e-3), (heads, 1e-2)):
-        for parameter in group["params"]:
-            expected = before[id(parameter)] * (1 - lr * 0.05)
-            torch.testing.assert_close(parameter.detach(), expected, rtol=1e-6, atol=1e-9)
-    assert centers["weight_decay"] == 0.0  # the centre-loss centres are not decayed
+    for parameter in trained["params"]:
+        torch.testing.assert_close(parameter.detach(), before[id(parameter)] * (1 - 1e-3 * 0.05), rtol=1e-6, atol=1e-9)
+    assert centers["lr"] == 0.0 and centers["weight_decay"] == 0.0  # BoT's own SGD step moves them
 
 
 @pytest.mark.parametrize(("image_size", "stride"), [((256, 128), 16), ((250, 100), 16), ((64, 32), 8), ((97, 45), 8)])
@@ -180,6 +176,18 @@ def test_the_part_labels_have_the_size_of_the_backbone_map(image_size, stride) -
         output_stride=stride,
     )
     assert module.part_labels.size == tuple(out.shape[-2:])
+
+
+def test_the_module_wires_its_settings_into_the_network() -> None:
+    def build(image_size: tuple[int, int], **settings) -> ICGModule:
+        tiny = dict(num_classes=3, num_train_samples=2, backbone="resnet18", weights=None, num_parts=4)
+        return ICGModule(**tiny, image_size=image_size, **settings)
+
+    assert build((256, 128)).net.attention.conv.kernel_size == (7, 7)  # CBAM's on the paper's 16x8 map
+    assert build((128, 64)).net.attention.conv.kernel_size == (3, 3)  # on an 8x4 map
+    module = build((H, W), part_assignment="foreground")
+    assert module.net.part_classifier.assignment == "foreground" and module.net.num_parts == 4
+    assert module.net.graph.num_parts == 4 and len(module.net.graph.layers) == 2  # the paper's two GCN layers
 
 
 def test_bot_schedule() -> None:
@@ -205,31 +213,10 @@ def test_bot_mode_has_no_part_buffers_and_one_branch() -> None:
     assert len(bot.part_labels) == 0 and list(bot.net.branch_dims) == ["global"]
 
 
-def test_deprecated_pretrained_becomes_weights_in_the_hyperparameters(tmp_path) -> None:
-    with pytest.warns(FutureWarning, match="use `weights`"):
-        module = ICGModule(
-            num_classes=5, num_train_samples=3, image_size=(H, W), backbone="resnet18", pretrained=False, num_parts=3
-        )
-    assert module.hparams["weights"] is None and "pretrained" not in module.hparams
+def test_a_weights_file_is_kept_as_a_plain_string(tmp_path) -> None:
     torch.save(build_backbone("resnet18", weights=None).state_dict(), tmp_path / "w.pt")
     file = ICGModule(num_classes=5, backbone="resnet18", weights=tmp_path / "w.pt", use_ppc=False, use_fsg=False)
     assert file.hparams["weights"] == str(tmp_path / "w.pt")  # a plain string, which weights_only loads read
-
-    # a checkpoint saved before `weights` and PartLabels: hyperparameters with pretrained=True, label buffers
-    # named part_labels / labelled. Loaded with weights=None (README) it loads no ImageNet weights, and its labels.
-    labels = torch.randint(0, 4, module.part_labels.labels.shape, dtype=torch.uint8)
-    module.part_labels.assign(labels, torch.tensor([True, False, True]))
-    state = module.state_dict()
-    state["part_labels"], state["labelled"] = state.pop("part_labels.labels"), state.pop("part_labels.labeled")
-    hparams = {**module.hparams, "pretrained": True}
-    del hparams["weights"]
-    checkpoint = tmp_path / "old.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"}, checkpoint)
-    with pytest.warns(FutureWarning, match="using weights=None"):
-        loaded = ICGModule.load_from_checkpoint(checkpoint, weights_only=True, weights=None)
-    assert loaded.hparams["weights"] is None
-    assert torch.equal(loaded.part_labels.labels, labels)
-    assert loaded.part_labels.labeled.tolist() == [True, False, True]
 
 
 def test_ppc_without_sample_count_is_a_clear_error() -> None:

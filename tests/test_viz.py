@@ -14,12 +14,11 @@ def test_part_maps_layout_titles_and_color_key() -> None:
     images = torch.full((batch, 3, height, width), 128, dtype=torch.uint8)
     labels = torch.zeros(batch, 4, 2, dtype=torch.long)
     labels[:, 0, 0], labels[:, 3, 1] = 1, 3  # part 1 in the top-left cell, part 3 in the bottom-right one
-    logits = torch.nn.functional.one_hot(labels, num_parts + 1).permute(0, 3, 1, 2).float()
     picture = part_maps(
         images,
         num_parts=num_parts,
         pseudo_labels=labels,
-        part_logits=logits,
+        predicted_parts=labels,
         foreground=torch.rand(batch, 4, 2),
         attention=torch.rand(batch, 4, 2),
         min_width=64,

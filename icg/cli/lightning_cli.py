@@ -6,9 +6,9 @@ With ``--ckpt_path``:
 * ``--ckpt_path last`` is the newest ``last.ckpt`` below ``--trainer.default_root_dir``; ``fit`` then continues
   that run in its own version folder (logs, ``best-*.ckpt`` tracking), see :func:`icg.checkpoints.find_last_checkpoint`.
 * The model's hyperparameters come from the checkpoint (Lightning's rule), except values given explicitly on the
-  command line (``--model.init_args.X``), which win; where one cannot take effect (``num_parts`` and the other
-  settings that shape the weights; ``lr``, ``weight_decay`` and ``head_lr_factor`` when ``fit`` restores the
-  optimiser's state) the command stops with an error naming it.
+  command line (``--model.init_args.X``), which win; where one cannot take effect (a setting that changes the shape
+  of a weight, found by building the model on the meta device with each value, :func:`icg.checkpoints.weight_shapes`;
+  ``lr`` and ``weight_decay`` when ``fit`` restores the optimiser's state) the command stops with an error naming it.
 * ``validate``, ``test`` and ``predict`` build the model with ``weights=None`` (unless given): the checkpoint
   holds all weights, so ImageNet weights would only be loaded to be overwritten (and need a download offline
   machines cannot do). They accept a checkpoint trained on other identities (another dataset).
@@ -23,32 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
+from jsonargparse.typing import import_object
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from icg.checkpoints import find_last_checkpoint, run_version
+from icg.checkpoints import find_last_checkpoint, run_version, weight_shapes
 from icg.cli.recipes import resolve_config_names
 from icg.data.datamodule import ReIDDataModule
 from icg.files import atomic_write
-from icg.model.backbone import IMAGENET_WEIGHTS, resolve_weights
 from icg.module import ICGModule
 from icg.predict import FeatureWriter
 
-# Model arguments that shape the weights: a checkpoint can only be loaded into a model built with its values.
-WEIGHT_SHAPING = (
-    "backbone",
-    "num_parts",
-    "use_afm",
-    "use_ppc",
-    "use_fsg",
-    "foreground_from_parts",
-    "attention_kernel",
-    "gcn_layers",
-    "output_stride",
-)
 # Arguments held by the optimiser's state, which resuming (`fit --ckpt_path`) restores from the checkpoint.
-OPTIMIZER_STATE = ("lr", "weight_decay", "head_lr_factor")
+OPTIMIZER_STATE = ("lr", "weight_decay")
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):
@@ -127,34 +115,32 @@ class ICGCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand or self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        model = config.get("model.init_args")
-        if model is not None and model.get("pretrained") is not None:
-            # the deprecated spelling, from a config, the command line or an old checkpoint, names the weights
-            # (over the recipe's `weights`, which the user did not choose)
-            model.weights = resolve_weights(IMAGENET_WEIGHTS, model.pretrained)
-            model.pretrained = None
         if not subcommand or not config.get("ckpt_path"):
             return
         if config.get("weights_only") is None:
             config.weights_only = True
         model = config.model.init_args
+        module_class = import_object(config.model.class_path)
+        stored_settings = model.as_dict()
         for name in sorted(self.explicit):
             given, stored = self.before_checkpoint.get(name), model.get(name)
             if given == stored:
                 continue
-            if name in WEIGHT_SHAPING or (subcommand == "fit" and name in OPTIMIZER_STATE):
-                reason = (
-                    "the checkpoint's weights only fit a model built with its value"
-                    if name in WEIGHT_SHAPING
-                    else "resuming restores the optimiser's state, which holds the checkpoint's value"
-                )
+            reason = None
+            if subcommand == "fit" and name in OPTIMIZER_STATE:
+                reason = "resuming restores the optimiser's state, which holds the checkpoint's value"
+            elif weight_shapes(module_class, {**stored_settings, name: given}) != weight_shapes(
+                module_class, stored_settings
+            ):
+                reason = "the checkpoint's weights only fit a model built with its value"
+            if reason is not None:
                 self.parser.error(
                     f"--model.init_args.{name} {given} cannot take effect with --ckpt_path {config.ckpt_path}, "
                     f"trained with {name}={stored}: {reason}. Leave out --model.init_args.{name}, or start a new "
                     f"run (without --ckpt_path) to use {given}."
                 )
             model[name] = given  # an explicit value wins over the checkpoint's
-        if subcommand in ("validate", "test", "predict") and not {"weights", "pretrained"} & self.explicit:
+        if subcommand in ("validate", "test", "predict") and "weights" not in self.explicit:
             model.weights = None
 
     def before_fit(self) -> None:

@@ -394,6 +394,13 @@ class SyntheticDataModule(ReIDDataModule):
 
     The sizes (``num_classes``, ``num_train_samples``) come from the generator's plan, so they are known at
     construction without drawing a pixel. See :func:`icg.data.generate_synthetic` for what the images show.
+
+    Args:
+        root, num_train_ids, num_test_ids: where, and how many identities.
+        generator_seed, generated_size: the generator's seed and image size.
+        generator_settings: the generator's other settings (fields of :class:`~icg.data.SyntheticSpec`: cameras,
+            images per identity, bags, occluders, ...), for a population of another kind.
+        **kwargs: of :class:`ReIDDataModule`.
     """
 
     def __init__(
@@ -403,10 +410,15 @@ class SyntheticDataModule(ReIDDataModule):
         num_test_ids: int = 100,
         generator_seed: int = 0,
         generated_size: tuple[int, int] = (128, 64),
+        generator_settings: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.spec = SyntheticSpec(
-            num_train_ids=num_train_ids, num_test_ids=num_test_ids, seed=generator_seed, image_size=generated_size
+            num_train_ids=num_train_ids,
+            num_test_ids=num_test_ids,
+            seed=generator_seed,
+            image_size=generated_size,
+            **(generator_settings or {}),
         )
         plan = plan_images(self.spec)
         self._num_train_samples = sum(image.split == "train" for image in plan)

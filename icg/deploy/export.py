@@ -63,17 +63,14 @@ class _IdentifierHeads(nn.ModuleDict):
 
 
 class _InferencePath(nn.Module):
-    """A copy of the network in eval mode, float32, standard memory format, without the identity classifiers, that
-    maps images to the tuple of its retrieval features in :data:`OUTPUT_NAMES` order (the components it has)."""
+    """A copy of the network in eval mode, float32, standard memory format, that maps images to the tuple of its
+    retrieval features in :data:`OUTPUT_NAMES` order (the components it has). The network holds no identity
+    classifier (the loss does), so the file carries the inference weights only."""
 
     def __init__(self, net: ICGNet) -> None:
         super().__init__()
         self.net = copy.deepcopy(net).cpu().float().to(memory_format=torch.contiguous_format).eval()
         self.net.heads = _IdentifierHeads(self.net.heads)
-        for head in self.net.heads.values():
-            # the identity classifiers are for training; a TorchScript archive would keep their weights (55 MB for
-            # ResNet-50 ICG and 751 identities), the ONNX exporter drops them as unused
-            head.classifier = nn.Identity()
         self.eval()
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from icg.model.afm import (
-    FgSignal,
-    FgThreshold,
-    ForegroundHead,
-    SpatialAttention,
-    check_fg_signal,
-    check_fg_threshold,
-    foreground_target,
-    identity_contrast,
-    otsu_thresholds,
-    relative_activation,
-    split_foreground,
-)
+from icg.model.afm import ForegroundHead, SpatialAttention, attention_kernel
 from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone, weights_cache_path
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
 from icg.model.network import BranchOutput, ICGNet, ICGOutput, to_reid_features
-from icg.model.ppc import PartAssignment, PixelPartClassifier, assign_parts, part_visibility, weighted_mean_pool
+from icg.model.ppc import (
+    LOGIT_SCALE,
+    PartAssignment,
+    PixelPartClassifier,
+    assign_parts,
+    part_visibility,
+    weighted_mean_pool,
+)
 
 __all__ = [
+    "LOGIT_SCALE",
     "BNNeck",
     "BranchOutput",
-    "FgSignal",
-    "FgThreshold",
     "FlexibleStructureGraph",
     "ForegroundHead",
     "ICGNet",
@@ -36,15 +30,9 @@ __all__ = [
     "ResNetBackbone",
     "SpatialAttention",
     "assign_parts",
+    "attention_kernel",
     "build_backbone",
-    "check_fg_signal",
-    "check_fg_threshold",
-    "foreground_target",
-    "identity_contrast",
-    "otsu_thresholds",
     "part_visibility",
-    "relative_activation",
-    "split_foreground",
     "to_reid_features",
     "weighted_mean_pool",
     "weights_cache_path",

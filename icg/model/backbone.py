@@ -23,9 +23,6 @@ Weights (``weights``, torchvision's convention)
       :class:`ResNetBackbone`) or an ``icg`` checkpoint, of which only the backbone keys are taken. This is how a
       backbone pretrained elsewhere (``benchmarks/pretrain_synthetic.py``, a re-ID checkpoint) starts a run.
     * ``None``: random initialization.
-
-``pretrained`` (``True`` / ``False`` / a name or file) is the former spelling, still accepted with a
-``FutureWarning``: ``True`` is ``weights="IMAGENET1K_V1"``, ``False`` is ``weights=None``.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -60,7 +56,6 @@ __all__ = [
     "ResNetBackbone",
     "build_backbone",
     "load_backbone_state",
-    "resolve_weights",
     "weights_cache_path",
 ]
 
@@ -155,29 +150,6 @@ def _named_weights(weights_enum: type[WeightsEnum], value: str) -> WeightsEnum |
     return weights_enum.__members__.get(member)
 
 
-def resolve_weights(
-    weights: str | os.PathLike[str] | WeightsEnum | None, pretrained: bool | str | None
-) -> str | os.PathLike[str] | WeightsEnum | None:
-    """``weights``, or the value of the deprecated ``pretrained`` in its place, with a ``FutureWarning`` (shown to
-    users, whose configs may still say ``pretrained``): ``True`` is :data:`IMAGENET_WEIGHTS`, ``False`` is
-    ``None``, a name or file stays as it is. ``pretrained`` counts only while ``weights`` is at its default;
-    otherwise ``weights`` was chosen and wins (a checkpoint saved with ``pretrained: true`` and loaded with
-    ``weights=None`` loads no ImageNet weights).
-    """
-    if pretrained is None:
-        return weights
-    translated = IMAGENET_WEIGHTS if pretrained is True else None if pretrained is False else pretrained
-    chosen = translated if weights == IMAGENET_WEIGHTS else weights
-    warnings.warn(
-        f"`pretrained` is deprecated, use `weights` (torchvision's convention): pretrained=True is "
-        f"weights={IMAGENET_WEIGHTS!r}, pretrained=False is weights=None, a weight name or file stays as it is; "
-        f"using weights={chosen!r}",
-        FutureWarning,
-        stacklevel=3,
-    )
-    return chosen
-
-
 class ResNetBackbone(nn.Module):
     """A torchvision ResNet without ``avgpool`` and ``fc``, returning the last feature map.
 
@@ -186,7 +158,6 @@ class ResNetBackbone(nn.Module):
         weights: a torchvision weight name or member (default ``IMAGENET1K_V1``), a weights file, or ``None``
             (random); see the module docstring.
         output_stride: 32, 16 (BoT's last stride 1) or 8 (``layer3`` dilated too; resnet50/101 only).
-        pretrained: deprecated spelling of ``weights`` (``True`` / ``False`` / a name or file).
 
     Shapes:
         ``forward``: ``[B, 3, H, W] -> [B, out_channels, ceil(H / output_stride), ceil(W / output_stride)]``
@@ -199,10 +170,8 @@ class ResNetBackbone(nn.Module):
         *,
         weights: str | os.PathLike[str] | WeightsEnum | None = IMAGENET_WEIGHTS,
         output_stride: int = 16,
-        pretrained: bool | str | None = None,
     ) -> None:
         super().__init__()
-        weights = resolve_weights(weights, pretrained)
         if isinstance(weights, os.PathLike):
             weights = os.fspath(weights)
         if name not in _RESNETS:
@@ -234,10 +203,7 @@ class ResNetBackbone(nn.Module):
                     f"{['DEFAULT', *weights_enum.__members__]}) nor an existing file"
                 )
         elif weights is not None:
-            raise TypeError(
-                f"weights must be a torchvision weight name or member, a file path or None, got {weights!r}"
-                + (" (the boolean is the deprecated `pretrained`)" if isinstance(weights, bool) else "")
-            )
+            raise TypeError(f"weights must be a torchvision weight name or member, a file or None, got {weights!r}")
         if state is not None:
             resnet.load_state_dict(state, strict=False)
         if output_stride <= 16:
@@ -310,7 +276,6 @@ def build_backbone(
     *,
     weights: str | os.PathLike[str] | WeightsEnum | None = IMAGENET_WEIGHTS,
     output_stride: int = 16,
-    pretrained: bool | str | None = None,
 ) -> ResNetBackbone:
     """Build a :class:`ResNetBackbone`; see there for the arguments."""
-    return ResNetBackbone(name, weights=resolve_weights(weights, pretrained), output_stride=output_stride)
+    return ResNetBackbone(name, weights=weights, output_stride=output_stride)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "LOGIT_SCALE",
     "PartAssignment",
     "PixelPartClassifier",
     "assign_parts",
@@ -48,121 +49,57 @@ __all__ = [
 ]
 
 
+PartAssignment = Literal["argmax", "foreground"]
+"""How a cell gets its part from ``[P_0 .. P_K]``: ``"argmax"`` over the ``K + 1`` classes, or ``"foreground"``:
+first foreground or not by eq. 8 (``1 - P_0 > P_0``), then the most probable part."""
+
+
+def check_part_assignment(assignment: PartAssignment, owner: str) -> None:
+    """A ``ValueError`` that names ``owner`` unless ``assignment`` is ``"argmax"`` or ``"foreground"``."""
+    if assignment not in ("argmax", "foreground"):
+        raise ValueError(f"{owner}: part_assignment must be 'argmax' or 'foreground', got {assignment!r}")
+
+
+LOGIT_SCALE = 16.0
+"""``s``, the logit scale of the pixel classifiers (module docstring)."""
+
+
 class PixelPartClassifier(nn.Module):
     """Per-cell classifier over background + ``num_parts`` parts, on L2-normalised features (eq. 5-6).
 
-    ``logits = logit_scale * (W z + b)`` with ``z = x / ||x||`` (:meth:`inputs`): normalising each cell makes the
-    classification depend on its direction only, and the scale lets the logits reach the confidence that a
-    cross-entropy asks for (see the module docstring for the measurement).
-
-    With ``position=True`` (not in the paper) ``z`` also holds the cell centre's row, in ``(-1, 1)`` from top to
-    bottom: a linear term in the height lets the classifier tell apart cells that look alike but sit at different
-    heights (dark hair and dark shoes), the ambiguity that mixes the parts of a classifier on appearance alone.
-    Not the column: body parts are stacked, and a column term lets the parts split the person left from right.
+    ``logits = LOGIT_SCALE * (W z + b)`` with ``z = x / ||x||``: normalising each cell makes the classification
+    depend on its direction only, and the scale lets the logits reach the confidence that a cross-entropy asks for
+    (module docstring).
 
     Args:
         in_channels: ``C`` of the feature map.
         num_parts: ``K``.
-        logit_scale: ``s`` (> 0); 1 is the plain normalised classifier.
-        position: append the cell's row coordinate to its unit feature.
+        assignment: how a cell gets its part from the logits, which decides the parts' visibility
+            (:func:`assign_parts`): ``"argmax"`` (the paper) or ``"foreground"``.
 
     Shapes:
-        ``forward``: ``[B, C, h, w] -> [B, K + 1, h, w]`` logits, channel 0 = background.
+        ``forward``: ``[B, C, h, w] -> [B, K + 1, h, w]`` logits, channel 0 = background; ``assign``:
+        ``[B, K + 1, h, w] -> [B, h, w]`` long.
     """
 
-    def __init__(self, in_channels: int, num_parts: int, *, logit_scale: float = 16.0, position: bool = False) -> None:
+    def __init__(self, in_channels: int, num_parts: int, *, assignment: PartAssignment = "argmax") -> None:
         super().__init__()
         if num_parts < 1:
             raise ValueError(f"num_parts must be >= 1, got {num_parts}")
-        if not logit_scale > 0:
-            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+        check_part_assignment(assignment, "PixelPartClassifier")
         self.num_parts = num_parts
-        self.logit_scale = logit_scale
-        self.position = position
-        self.conv = nn.Conv2d(in_channels + position, num_parts + 1, kernel_size=1)
-
-    def inputs(self, feature_map: Tensor) -> Tensor:
-        """What the 1x1 convolution reads: ``[B, C, h, w] -> [B, D, h, w]``, the unit features (``D = C``), and
-        with ``position`` then the cell centres' row coordinate (``D = C + 1``)."""
-        unit = F.normalize(feature_map, dim=1)
-        if not self.position:
-            return unit
-        batch, _, height, width = feature_map.shape
-        rows = (torch.arange(height, device=unit.device, dtype=unit.dtype) + 0.5) * (2 / height) - 1
-        return torch.cat([unit, rows[:, None].expand(batch, 1, height, width)], dim=1)
+        self.assignment = assignment
+        self.conv = nn.Conv2d(in_channels, num_parts + 1, kernel_size=1)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        return self.logit_scale * self.conv(self.inputs(feature_map))
+        return LOGIT_SCALE * self.conv(F.normalize(feature_map, dim=1))
 
-    @torch.no_grad()
-    def fit_least_squares(self, gram: Tensor, moments: Tensor, *, ridge: float = 1e-2) -> None:
-        """Sets the weights to the ridge regression of the one-hot labels on the classifier's inputs.
+    def assign(self, part_logits: Tensor) -> Tensor:
+        """The part of every cell (0 background) by this classifier's ``assignment``."""
+        return assign_parts(part_logits, self.assignment)
 
-        With ``z = [inputs, 1]`` (:meth:`inputs`) for every labelled cell, the weights ``[W | b]`` solve
-        ``(sum z z^T + ridge * mean(diag) * I) [W | b]^T = sum z onehot(label)^T``: the classifier predicts the
-        labels as well as a converged linear fit, at once (see :class:`icg.clustering.PartClustering`,
-        ``refit_classifier``). The scores are near 1 for the label and 0 elsewhere, so with the logit scale the
-        softmax is confident where the fit is.
-
-        Args:
-            gram: ``[D + 1, D + 1]``, ``sum z z^T`` (``D``: the channels of :meth:`inputs`).
-            moments: ``[D + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background).
-            ridge: regularisation relative to the mean diagonal of ``gram`` (> 0).
-        """
-        gram, moments = self._checked_sums("fit_least_squares", gram, moments, ridge)
-        channels = self.conv.in_channels
-        solution = torch.linalg.solve(self._ridged(gram, ridge), moments)
-        self.conv.weight.copy_(solution[:channels].T.reshape_as(self.conv.weight))
-        self.conv.bias.copy_(solution[channels])
-
-    @torch.no_grad()
-    def fit_discriminant(self, gram: Tensor, moments: Tensor, *, ridge: float = 1e-2) -> None:
-        """Sets the weights to the linear discriminant (LDA) of the labels, from the same sums as
-        :meth:`fit_least_squares`.
-
-        Each class ``k`` is modelled as a Gaussian over the classifier's inputs with its own mean ``mu_k`` and the
-        covariance ``Sigma`` shared by all classes (the within-class scatter over the cells, plus ``ridge`` times its
-        mean diagonal), and the logits are the log-posteriors up to a constant:
-        ``logit_k = z^T Sigma^-1 mu_k - mu_k^T Sigma^-1 mu_k / 2 + log(n_k / n)``. Unlike a least-squares fit of the
-        one-hot labels, whose scores for classes ordered along one input (parts stacked by height) mask the middle
-        ones, every class gets its own region. A class without cells is given the mean of all the cells and the prior
-        of half a cell: a Gaussian like the others, so that its logit compares with theirs, and one that wins almost
-        nowhere.
-
-        Args:
-            gram: ``[D + 1, D + 1]``, ``sum z z^T`` over all labelled cells, ``z = [inputs, 1]``.
-            moments: ``[D + 1, K + 1]``, ``sum z onehot(label)^T`` (column 0 = background; the last row counts).
-            ridge: shrinkage of the covariance, relative to its mean diagonal (> 0).
-        """
-        gram, moments = self._checked_sums("fit_discriminant", gram, moments, ridge)
-        channels = self.conv.in_channels
-        counts = moments[channels]
-        present = counts > 0
-        means = moments[:channels] / counts.clamp_min(1)
-        means[:, ~present] = (moments[:channels].sum(dim=1) / counts.sum().clamp_min(1))[:, None]
-        scatter = gram[:channels, :channels] - (means[:, present] * counts[present]) @ means[:, present].T
-        covariance = scatter / (counts.sum() - int(present.sum())).clamp_min(1)
-        solution = torch.linalg.solve(self._ridged(covariance, ridge), means)
-        bias = -0.5 * (means * solution).sum(dim=0) + torch.log(counts.clamp_min(0.5) / counts.sum())
-        # the logits above are log-posteriors; the forward pass multiplies by the scale, so it is divided out here
-        self.conv.weight.copy_((solution.T / self.logit_scale).reshape_as(self.conv.weight))
-        self.conv.bias.copy_(bias / self.logit_scale)
-
-    def _checked_sums(self, caller: str, gram: Tensor, moments: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
-        channels = self.conv.in_channels
-        if gram.shape != (channels + 1, channels + 1) or moments.shape != (channels + 1, self.num_parts + 1):
-            raise ValueError(
-                f"{caller}: expected gram [{channels + 1}, {channels + 1}] and moments "
-                f"[{channels + 1}, {self.num_parts + 1}], got {tuple(gram.shape)} and {tuple(moments.shape)}"
-            )
-        if not ridge > 0:
-            raise ValueError(f"{caller}: ridge must be > 0, got {ridge}")
-        return gram.double(), moments.double()
-
-    @staticmethod
-    def _ridged(matrix: Tensor, ridge: float) -> Tensor:
-        penalty = ridge * matrix.diagonal().mean().clamp_min(torch.finfo(matrix.dtype).tiny)
-        return matrix + penalty * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+    def extra_repr(self) -> str:
+        return f"num_parts={self.num_parts}, assignment={self.assignment!r}"
 
 
 def parts_foreground_logits(part_logits: Tensor) -> Tensor:
@@ -206,17 +143,6 @@ def weighted_mean_pool(feature_map: Tensor, weights: Tensor, *, eps: float = 1e-
     precise = torch.promote_types(weights.dtype, torch.float32)
     mass = weights.to(precise).sum(dim=(2, 3)) + eps
     return (weighted_sum.to(precise) / mass[:, :, None]).to(weighted_sum.dtype)
-
-
-PartAssignment = Literal["argmax", "foreground"]
-"""How a cell gets its part from ``[P_0 .. P_K]``: ``"argmax"`` over the ``K + 1`` classes, or ``"foreground"``:
-first foreground or not by eq. 8 (``1 - P_0 > P_0``), then the most probable part."""
-
-
-def check_part_assignment(assignment: PartAssignment, owner: str) -> None:
-    """A ``ValueError`` that names ``owner`` unless ``assignment`` is ``"argmax"`` or ``"foreground"``."""
-    if assignment not in ("argmax", "foreground"):
-        raise ValueError(f"{owner}: part_assignment must be 'argmax' or 'foreground', got {assignment!r}")
 
 
 def assign_parts(part_logits: Tensor, assignment: PartAssignment = "argmax") -> Tensor:

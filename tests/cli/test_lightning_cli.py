@@ -475,7 +475,7 @@ def test_a_checkpoint_evaluates_another_dataset(fitted: Path, tmp_path_factory, 
         ),
     )
     assert cli.datamodule.num_classes == 5 and _load(ckpt)["hyper_parameters"]["num_classes"] == 8
-    assert "trained on other identities" in caplog.text and "net.heads.global.classifier.weight (8, " in caplog.text
+    assert "trained on other identities" in caplog.text and "criterion.classifiers.global.weight (8, " in caplog.text
     # reference: the trained network, loaded as trained, gives the same features
     reference = ICGModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, weights=None).eval()
     images = load_images([r.path for r in cli.datamodule.eval_records[:4]], cli.datamodule.eval_transform)

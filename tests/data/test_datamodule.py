@@ -136,6 +136,15 @@ def test_synthetic_datamodule_knows_sizes_before_generating(tmp_path: Path) -> N
     assert batch["image"].shape == (4, 3, *SIZE)
 
 
+def test_synthetic_generator_settings_make_another_population(tmp_path: Path) -> None:
+    settings = {"num_cameras": 8, "train_images_per_id": (6, 6), "few_images_fraction": 0.0}
+    other = SyntheticDataModule(str(tmp_path / "other"), num_train_ids=5, num_test_ids=3, generator_settings=settings)
+    # every training identity has exactly 6 images, where the default draws 4 to 16
+    assert other.num_train_samples == 30 and other.spec.num_cameras == 8
+    with pytest.raises(TypeError, match="no_such_field"):
+        SyntheticDataModule(str(tmp_path / "x"), generator_settings={"no_such_field": 1})
+
+
 @pytest.mark.slow
 def test_every_unreadable_evaluation_image_is_listed_before_the_first_step(tmp_path: Path) -> None:
     datamodule = SyntheticDataModule(

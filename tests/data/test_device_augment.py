@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 
 from icg.data.device_augment import BatchAugmentation
 from icg.data.transforms import INVALID_SOURCE, AugmentParams, TrainTransform
-from icg.part_labels import IGNORE_INDEX, PartLabels
+from icg.parts import IGNORE_INDEX, PartLabels
 from tests.data.helpers import coordinate_image, denormalize
 
 H, W = 32, 16

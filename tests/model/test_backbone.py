@@ -160,7 +160,7 @@ def test_weights_by_torchvision_name(tmp_path, monkeypatch) -> None:
         build_backbone("resnet18", weights="ResNet50_Weights.IMAGENET1K_V2")
 
 
-def test_weights_as_member_or_path_and_the_deprecated_pretrained(tmp_path, monkeypatch) -> None:
+def test_weights_as_member_or_path(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
     state = _random_resnet18_state()
@@ -173,18 +173,5 @@ def test_weights_as_member_or_path_and_the_deprecated_pretrained(tmp_path, monke
         torch.testing.assert_close(build_backbone("resnet18", weights=weights).state_dict()[key], state[key])
     with pytest.raises(ValueError, match="not weights of resnet18"):
         build_backbone("resnet18", weights=ResNet50_Weights.IMAGENET1K_V1)
-    with pytest.raises(TypeError, match="deprecated `pretrained`"):
+    with pytest.raises(TypeError, match="weights must be a torchvision weight name or member, a file or None"):
         build_backbone("resnet18", weights=True)
-
-    # pretrained=True / False / a file still work, with a warning that says what to write instead
-    with pytest.warns(FutureWarning, match="pretrained=True is weights='IMAGENET1K_V1'"):
-        torch.testing.assert_close(build_backbone("resnet18", pretrained=True).state_dict()[key], state[key])
-    with pytest.warns(FutureWarning):
-        torch.testing.assert_close(ResNetBackbone("resnet18", pretrained=str(file)).state_dict()[key], state[key])
-    with pytest.warns(FutureWarning):
-        random = build_backbone("resnet18", pretrained=False).state_dict()[key]
-    assert not torch.equal(random, state[key])
-    # a chosen `weights` wins over `pretrained` (an old checkpoint's pretrained=True loaded with weights=None)
-    with pytest.warns(FutureWarning, match="using weights=None"):
-        random = build_backbone("resnet18", weights=None, pretrained=True).state_dict()[key]
-    assert not torch.equal(random, state[key])

@@ -6,8 +6,10 @@ import torch
 from torchvision.models import resnet18
 
 from icg.losses import ICGLoss
-from icg.model.afm import foreground_target
+from icg.model import FlexibleStructureGraph, PixelPartClassifier, SpatialAttention, build_backbone
 from icg.model.network import ICGNet, ICGOutput
+from icg.model.ppc import LOGIT_SCALE
+from icg.parts import foreground_target
 from icg.retrieval import ReIDFeatures
 
 NUM_CLASSES = 5
@@ -22,9 +24,17 @@ ABLATIONS = [  # (use_afm, use_ppc, use_fsg); FSG needs PPC
 ]
 
 
-def _net(**kwargs) -> ICGNet:
+WEIGHTS = dict(feat_weight=0.2, sep_weight=0.1, par_weight=0.1, center_weight=5e-4)  # eq. 22 and BoT's
+
+
+def _net(num_parts: int = 6, use_afm: bool = True, use_ppc: bool = True, use_fsg: bool = True) -> ICGNet:
     torch.manual_seed(0)
-    return ICGNet(NUM_CLASSES, backbone="resnet18", weights=None, **kwargs)
+    return ICGNet(
+        build_backbone("resnet18", weights=None),
+        attention=SpatialAttention() if use_afm else None,
+        part_classifier=PixelPartClassifier(C, num_parts) if use_ppc else None,
+        graph=FlexibleStructureGraph(num_parts, C) if use_fsg else None,
+    )
 
 
 def _images(batch: int = 4, height: int = 64, width: int = 32) -> torch.Tensor:
@@ -55,7 +65,6 @@ def test_shapes_for_every_ablation(use_afm: bool, use_ppc: bool, use_fsg: bool, 
     for name, dim in expected.items():
         branch = out.branches[name]
         assert branch.features.shape == branch.bn_features.shape == (2, dim), name
-        assert branch.logits.shape == (2, NUM_CLASSES), name
     assert (out.fg_logits is not None) == use_afm
     if use_afm:
         assert out.fg_logits.shape == (2, 2, h, w)
@@ -67,9 +76,15 @@ def test_shapes_for_every_ablation(use_afm: bool, use_ppc: bool, use_fsg: bool, 
         assert out.part_logits is None and out.visibility is None and out.part_bn_features is None
 
 
-def test_fsg_without_ppc_is_rejected() -> None:
+def test_fsg_without_ppc_or_with_other_parts_is_rejected() -> None:
     with pytest.raises(ValueError, match="use_fsg.*use_ppc"):
         _net(use_ppc=False, use_fsg=True)
+    with pytest.raises(ValueError, match="graph has 4 nodes but the part classifier 3 parts"):
+        ICGNet(
+            build_backbone("resnet18", weights=None),
+            part_classifier=PixelPartClassifier(C, 3),
+            graph=FlexibleStructureGraph(4, C),
+        )
 
 
 def test_bad_images_are_named() -> None:
@@ -81,17 +96,19 @@ def test_all_off_is_exactly_bot() -> None:
     net = _net(use_afm=False, use_ppc=False, use_fsg=False)
     reference = resnet18(weights=None)
     backbone_names = {f"backbone.{n}" for n, _ in reference.named_parameters() if not n.startswith("fc.")}
-    head_names = {"heads.global.bn.weight", "heads.global.bn.bias", "heads.global.classifier.weight"}
+    head_names = {"heads.global.bn.weight", "heads.global.bn.bias"}
     assert {n for n, _ in net.named_parameters()} == backbone_names | head_names
     backbone_count = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith("fc."))
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    assert trainable == backbone_count + C + C * NUM_CLASSES
+    assert trainable == backbone_count + C  # the identity classifier is the loss's
     assert not net.heads["global"].bn.bias.requires_grad
+    criterion = ICGLoss(NUM_CLASSES, net.branch_dims, **WEIGHTS)
+    assert list(criterion.classifiers) == ["global"] and criterion.classifiers["global"].weight.shape == (5, C)
 
 
-@pytest.mark.parametrize("foreground_from_parts", [True, False])
-def test_branch_wiring_against_numpy(foreground_from_parts: bool) -> None:
-    net = _net(num_parts=3, foreground_from_parts=foreground_from_parts).eval()
+@pytest.mark.parametrize("use_ppc", [True, False])
+def test_branch_wiring_against_numpy(use_ppc: bool) -> None:
+    net = _net(num_parts=3, use_ppc=use_ppc, use_fsg=use_ppc).eval()
     with torch.no_grad():
         images = _images(batch=2)
         out = net(images)
@@ -107,39 +124,37 @@ def test_branch_wiring_against_numpy(foreground_from_parts: bool) -> None:
     def weighted_mean(weight: np.ndarray) -> np.ndarray:  # [B, h, w] -> [B, C]
         return (f * weight[:, None]).sum(axis=(2, 3)) / (weight.sum(axis=(1, 2))[:, None] + 1e-6)
 
-    # the part classifier: a 1x1 convolution of the L2-normalised cells, times the logit scale
-    weight = net.part_classifier.conv.weight.detach().double().numpy()[:, :, 0, 0]
-    bias = net.part_classifier.conv.bias.detach().double().numpy()
     unit = f / np.linalg.norm(f, axis=1, keepdims=True)
-    part_logits = net.part_classifier.logit_scale * (
-        np.einsum("kc,bchw->bkhw", weight, unit) + bias[None, :, None, None]
-    )
-    np.testing.assert_allclose(out.part_logits.numpy(), part_logits, rtol=1e-4, atol=1e-4)
-    parts = softmax(part_logits)[:, 1:]
-    if foreground_from_parts:  # eq. 8: the foreground is the union of the parts
+
+    def classify(classifier: PixelPartClassifier) -> np.ndarray:  # a 1x1 convolution of unit cells, times the scale
+        weight = classifier.conv.weight.detach().double().numpy()[:, :, 0, 0]
+        bias = classifier.conv.bias.detach().double().numpy()
+        return LOGIT_SCALE * (np.einsum("kc,bchw->bkhw", weight, unit) + bias[None, :, None, None])
+
+    expected = {"global": f.mean(axis=(2, 3))}
+    if use_ppc:
         assert net.foreground_head is None
-        fg = parts.sum(axis=1)
-    else:  # eq. 16: the AFM's own head
-        head_weight = net.foreground_head.conv.weight.detach().double().numpy()[:, :, 0, 0]
-        head_bias = net.foreground_head.conv.bias.detach().double().numpy()
-        head_logits = np.einsum("kc,bchw->bkhw", head_weight, unit) + head_bias[None, :, None, None]
-        fg = softmax(net.foreground_head.logit_scale * head_logits)[:, 1]
+        part_logits = classify(net.part_classifier)
+        np.testing.assert_allclose(out.part_logits.numpy(), part_logits, rtol=1e-4, atol=1e-4)
+        parts = softmax(part_logits)[:, 1:]
+        fg = parts.sum(axis=1)  # eq. 8: the foreground is the union of the parts
+        expected["parts"] = np.concatenate([weighted_mean(parts[:, k]) for k in range(3)], axis=1)
+    else:  # the AFM's own head
+        fg = softmax(classify(net.foreground_head))[:, 1]
+    expected["foreground"] = weighted_mean(fg)
     np.testing.assert_allclose(out.fg_logits.softmax(dim=1)[:, 1].numpy(), fg, rtol=1e-4, atol=1e-5)
-    expected = {
-        "global": f.mean(axis=(2, 3)),
-        "foreground": weighted_mean(fg),
-        "parts": np.concatenate([weighted_mean(parts[:, k]) for k in range(3)], axis=1),
-    }
     for name, value in expected.items():
         np.testing.assert_allclose(out.branches[name].features.numpy(), value, rtol=1e-4, atol=1e-5, err_msg=name)
+    # A fresh BN in eval mode divides by sqrt(1 + eps); the frozen bias adds nothing.
+    for branch in out.branches.values():
+        torch.testing.assert_close(branch.bn_features, branch.features / (1 + 1e-5) ** 0.5)
+    if not use_ppc:
+        return
     winners = out.part_logits.numpy().argmax(axis=1)
     visible = np.array([[np.any(winners[b] == k) for k in range(1, 4)] for b in range(2)])
     np.testing.assert_array_equal(out.visibility.numpy(), visible)
     graph = net.graph(torch.from_numpy(expected["parts"]).float().view(2, 3, C), out.visibility)
     torch.testing.assert_close(out.branches["graph"].features, graph, rtol=1e-4, atol=1e-5)
-    # A fresh BN in eval mode divides by sqrt(1 + eps); the frozen bias adds nothing.
-    for branch in out.branches.values():
-        torch.testing.assert_close(branch.bn_features, branch.features / (1 + 1e-5) ** 0.5)
     torch.testing.assert_close(out.part_bn_features.flatten(1), out.branches["parts"].bn_features)
 
 
@@ -167,7 +182,7 @@ def _full_loss(net: ICGNet, criterion: ICGLoss, images: torch.Tensor, pids: torc
 
 def test_every_trainable_parameter_gets_a_gradient() -> None:
     net = _net(num_parts=3)
-    criterion = ICGLoss(NUM_CLASSES, net.branch_dims)
+    criterion = ICGLoss(NUM_CLASSES, net.branch_dims, **WEIGHTS)
     pids = torch.tensor([0, 0, 1, 1, 2, 2])
     _full_loss(net, criterion, _images(batch=6, height=128, width=64), pids).backward()
     missing = [
@@ -180,7 +195,7 @@ def test_every_trainable_parameter_gets_a_gradient() -> None:
 
 def test_loss_falls_on_a_tiny_batch() -> None:
     net = _net(num_parts=3)
-    criterion = ICGLoss(NUM_CLASSES, net.branch_dims)
+    criterion = ICGLoss(NUM_CLASSES, net.branch_dims, **WEIGHTS)
     optimizer = torch.optim.Adam([*net.parameters(), *criterion.parameters()], lr=1e-3)
     images = _images(batch=8)
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -210,7 +225,7 @@ def test_channels_last_matches_contiguous() -> None:
 
 def test_bf16_autocast_forward_and_backward() -> None:
     net = _net(num_parts=3)
-    criterion = ICGLoss(NUM_CLASSES, net.branch_dims)
+    criterion = ICGLoss(NUM_CLASSES, net.branch_dims, **WEIGHTS)
     pids = torch.tensor([0, 0, 1, 1])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(_images(batch=4))

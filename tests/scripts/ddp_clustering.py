@@ -1,11 +1,9 @@
-"""Two-process DDP run (CPU, gloo) of :class:`icg.clustering.PartClustering`, for ``tests/test_clustering.py``.
+"""Two-process DDP run (CPU, gloo) of :class:`icg.parts.PartClustering`, for ``tests/parts/test_callback.py``.
 
-Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR [shared]`` where ``DATA_ROOT`` holds the synthetic
-data of the test's datamodule; with ``shared``, the clustering runs with ``shared_parts=True`` (one K-means over
-all identities, whose sample the ranks gather) and ``height_weight=1``. One epoch clusters at its start; each rank
-then saves its ``labels``, ``labeled`` and the number of identities it clustered itself and its part classifier as
-the clustering refitted it (before any training step) to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of
-the initial model in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
+Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR`` where ``DATA_ROOT`` holds the synthetic data of
+the test's datamodule. One epoch clusters at its start; each rank then saves its ``labels``, ``labeled`` and the
+number of identities it clustered itself to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the initial model
+in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
 
 Features are extracted one image at a time on one thread, so that the two runs see bit-identical feature maps
 (batch composition differs between them, and CPU convolutions may round differently for different batch sizes).
@@ -22,35 +20,26 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything  # noqa: E402
+from lightning.pytorch import Trainer, seed_everything  # noqa: E402
 
-import icg.clustering  # noqa: E402
-from icg.clustering import PartClustering  # noqa: E402
+import icg.parts.callback  # noqa: E402
 from icg.data import SyntheticDataModule  # noqa: E402
 from icg.module import ICGModule  # noqa: E402
+from icg.parts import ClusteringResult, PartClustering  # noqa: E402
 
 torch.set_num_threads(1)
 local_identities: list[int] = []
-_cluster_part_labels = icg.clustering.cluster_part_labels
+_cluster_part_labels = icg.parts.callback.cluster_part_labels
 
 
-def _recording(*args: Any, **kwargs: Any) -> icg.clustering.ClusteringResult:
+def _recording(*args: Any, **kwargs: Any) -> ClusteringResult:
     # what this rank clustered before the labels were summed across ranks
     result = _cluster_part_labels(*args, **kwargs)
     local_identities.append(result.clustered_identities)
     return result
 
 
-icg.clustering.cluster_part_labels = _recording
-
-
-class RefittedClassifier(Callback):
-    """The part classifier right after the clustering (which runs first, at the same hook) refitted it."""
-
-    state: dict[str, torch.Tensor] = {}
-
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.state.update({k: v.clone() for k, v in pl_module.part_classifier.state_dict().items()})
+icg.parts.callback.cluster_part_labels = _recording
 
 
 def build(datamodule: SyntheticDataModule) -> ICGModule:
@@ -64,11 +53,7 @@ def build(datamodule: SyntheticDataModule) -> ICGModule:
     )
 
 
-def clustering(shared: bool) -> PartClustering:
-    return PartClustering(batch_size=1, refit_classifier=True, shared_parts=shared, height_weight=float(shared))
-
-
-def main(root: str, out: Path, shared: bool) -> None:
+def main(root: str, out: Path) -> None:
     datamodule = SyntheticDataModule(
         root=root,
         num_train_ids=4,
@@ -77,6 +62,7 @@ def main(root: str, out: Path, shared: bool) -> None:
         num_identities=2,
         num_instances=2,
         num_workers=0,
+        eval_batch_size=1,
     )
     seed_everything(0)
     module = build(datamodule)
@@ -94,14 +80,13 @@ def main(root: str, out: Path, shared: bool) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
-        callbacks=[clustering(shared), RefittedClassifier()],
+        callbacks=[PartClustering()],
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(
         {
             **module.part_labels.state_dict(),
             "local_identities": local_identities[0],
-            "classifier": RefittedClassifier.state,
         },
         out / f"rank{trainer.global_rank}.pt",
     )
@@ -109,16 +94,12 @@ def main(root: str, out: Path, shared: bool) -> None:
         single = build(datamodule)
         single.load_state_dict(initial)
         pids = [record.pid for record in datamodule.train_records]
-        result = clustering(shared).cluster(single, datamodule.cluster_dataset(), pids)
+        result = PartClustering().cluster(single, datamodule.cluster_dataset(), pids, batch_size=1)
         torch.save(
-            {
-                **single.part_labels.state_dict(),
-                "identities": result.clustered_identities,
-                "classifier": single.part_classifier.state_dict(),
-            },
+            {**single.part_labels.state_dict(), "identities": result.clustered_identities},
             out / "single.pt",
         )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["shared"])
+    main(sys.argv[1], Path(sys.argv[2]))

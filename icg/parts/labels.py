@@ -1,6 +1,6 @@
 """The part pseudo-labels of the training images, and the one place that reads them for a training batch.
 
-Labels are computed by :class:`icg.clustering.PartClustering` on un-augmented images and stored here, one
+Labels are computed by :class:`icg.parts.PartClustering` on un-augmented images and stored here, one
 ``h x w`` map per training image (``uint8``: 0 background, ``1..K`` parts top to bottom), with a flag per image
 saying whether it holds clustering results. They live in the LightningModule as buffers: checkpoints carry them
 and data-loading workers never hold stale copies.

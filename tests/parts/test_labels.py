@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icg.part_labels import IGNORE_INDEX, PartLabels, cell_centers
+from icg.parts import IGNORE_INDEX, PartLabels, cell_centers
 
 H, W = 64, 32  # feature map 4 x 2 at output stride 16
 
