@@ -8,16 +8,17 @@ datamodule of their own learns at once, from :func:`require`, which member is mi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from icg.data.datasets import ImageRecord, ReIDDataset
-from icg.features import ReIDFeatures
-from icg.model import ICGNet
-from icg.parts.labels import PartLabels
+if TYPE_CHECKING:  # the members' types only: the callbacks that import this must not import their modules back
+    from icg.data.datasets import ImageRecord, ReIDDataset
+    from icg.features import ReIDFeatures
+    from icg.model import ICGNet
+    from icg.parts.labels import PartLabels
 
 __all__ = ["ClusteringData", "LabeledModel", "PicturedModel", "PredictionData", "ReIDData", "require"]
 

@@ -22,8 +22,9 @@ def _modules() -> dict[str, Path]:
 
 def _import_graph() -> dict[str, set[str]]:
     """Module -> the icg modules it imports (``from icg.x import name`` counts as ``icg.x.name`` when that is a
-    module, else ``icg.x``). A package's edges to its own submodules and theirs to it are left out: an
-    ``__init__`` that re-exports is not a cycle."""
+    module, else ``icg.x``). Importing a module imports its packages first, so ``icg.x.y`` also counts as ``icg.x``
+    (an ``__init__`` that re-exports runs then); only a module's edges to its own packages are left out: a
+    submodule that imports a sibling while its package initialises is no cycle."""
     modules = _modules()
 
     def owner(name: str) -> str:
@@ -34,14 +35,25 @@ def _import_graph() -> dict[str, set[str]]:
     graph = {}
     for module, path in modules.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {  # imports under `if TYPE_CHECKING:` never run
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("icg"):
                 imported |= {owner(f"{node.module}.{alias.name}") for alias in node.names}
             elif isinstance(node, ast.Import):
                 imported |= {owner(alias.name) for alias in node.names if alias.name.split(".")[0] == "icg"}
-        graph[module] = {
-            other for other in imported if not (other.startswith(module + ".") or module.startswith(other + "."))
-        }
+        with_packages = set(imported)
+        for other in imported:
+            parts = other.split(".")
+            with_packages |= {".".join(parts[:end]) for end in range(2, len(parts))}
+        graph[module] = {other for other in with_packages if not module.startswith(other + ".") and other != module}
     return graph
 
 
