@@ -89,11 +89,11 @@ class ICGModule(LightningModule):
         num_train_samples: training images, the rows of :attr:`part_labels` (``datamodule.num_train_samples``);
             needed when ``use_ppc``.
         image_size: (height, width) of the input, which fixes the size of the part-label maps.
-        backbone: ``resnet18/34/50/101``.
+        backbone: ``resnet18/34/50/101`` or ``mobilenet_v2`` (:data:`icg.model.BACKBONES`).
         weights: backbone weights, torchvision's convention: a weight name (default ``"IMAGENET1K_V1"``, which must
             be on disk when offline; ``"IMAGENET1K_V2"``, ``"DEFAULT"``), a file (a state dict or an icg
             checkpoint, of which only the backbone is taken) or ``None`` (random).
-        output_stride: 16 (BoT) or 8 (finer part maps; resnet50/101).
+        output_stride: 16 (BoT's last stride 1), 8 (finer part maps; resnet50/101) or 32 (the backbone unchanged).
         num_parts: K, body parts of the PPC (the paper's best: 6).
         use_afm, use_ppc, use_fsg: the three ICG modules (``use_fsg`` needs ``use_ppc``).
         part_assignment: ``"argmax"`` (the paper: a cell's part is its arg-max over background and the K parts) or

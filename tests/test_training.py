@@ -46,14 +46,18 @@ def _trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modules", [(True, True, True), (False, False, False)], ids=["icg", "bot"])
-def test_fit_then_validate(datamodule: SyntheticDataModule, tmp_path: Path, modules) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "modules"),
+    [("resnet18", (True, True, True)), ("resnet18", (False, False, False)), ("mobilenet_v2", (True, True, True))],
+    ids=["icg", "bot", "icg-mobilenet"],
+)
+def test_fit_then_validate(datamodule: SyntheticDataModule, tmp_path: Path, backbone: str, modules) -> None:
     use_afm, use_ppc, use_fsg = modules
     model = ICGModule(
         num_classes=datamodule.num_classes,
         num_train_samples=datamodule.num_train_samples,
         image_size=SIZE,
-        backbone="resnet18",
+        backbone=backbone,
         weights=None,
         num_parts=3,
         use_afm=use_afm,

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from icg.model.afm import ForegroundHead, SpatialAttention, attention_kernel
-from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone, weights_cache_path
+from icg.model.backbone import (
+    BACKBONES,
+    MobileNetV2Backbone,
+    PretrainedWeightsUnavailableError,
+    ResNetBackbone,
+    build_backbone,
+    weights_cache_path,
+)
 from icg.model.fsg import FlexibleStructureGraph
 from icg.model.heads import BNNeck
 from icg.model.network import BranchOutput, ICGNet, ICGOutput, to_reid_features
@@ -17,6 +24,7 @@ from icg.model.ppc import (
 )
 
 __all__ = [
+    "BACKBONES",
     "LOGIT_SCALE",
     "BNNeck",
     "BranchOutput",
@@ -24,6 +32,7 @@ __all__ = [
     "ForegroundHead",
     "ICGNet",
     "ICGOutput",
+    "MobileNetV2Backbone",
     "PartAssignment",
     "PixelPartClassifier",
     "PretrainedWeightsUnavailableError",

@@ -17,25 +17,35 @@ from icg.module import ICGModule
 from icg.retrieval import icg_distance
 
 SIZE = (64, 32)
-KINDS = {"icg": {}, "bot": {"use_afm": False, "use_ppc": False, "use_fsg": False}}
-OUTPUTS = {"icg": ("global", "foreground", "parts", "graph", "visibility"), "bot": ("global",)}
+KINDS = {
+    "icg": {},
+    "bot": {"use_afm": False, "use_ppc": False, "use_fsg": False},
+    "icg-mobilenet": {"backbone": "mobilenet_v2"},
+}
+OUTPUTS = {
+    "icg": ("global", "foreground", "parts", "graph", "visibility"),
+    "bot": ("global",),
+    "icg-mobilenet": ("global", "foreground", "parts", "graph", "visibility"),
+}
 # float32 through another runtime: the same arithmetic in another order, so differences of a few ulps of O(1) values
 TOLERANCE = 1e-4
 
 
 def tiny_module(kind: str = "icg", *, seed: int = 0) -> ICGModule:
-    """A ResNet-18 ICG (K = 4) or BoT module for 64x32 images, in eval mode, with weights that exercise every
-    layer of the inference path: random batch-norm statistics, attention and graph adjacency (all of which start
-    at constants)."""
+    """A ResNet-18 ICG (K = 4), BoT or MobileNetV2 ICG module for 64x32 images, in eval mode, with weights that
+    exercise every layer of the inference path: random batch-norm statistics, attention and graph adjacency (all of
+    which start at constants)."""
     torch.manual_seed(seed)
     module = ICGModule(
-        num_classes=4,
-        num_train_samples=8,
-        image_size=SIZE,
-        backbone="resnet18",
-        weights=None,
-        num_parts=4,
-        **KINDS[kind],
+        **{
+            "num_classes": 4,
+            "num_train_samples": 8,
+            "image_size": SIZE,
+            "backbone": "resnet18",
+            "weights": None,
+            "num_parts": 4,
+            **KINDS[kind],
+        }
     )
     with torch.no_grad():
         for layer in module.modules():
@@ -118,7 +128,7 @@ def test_the_exported_model_gives_the_features_of_extract(
         x = images(batch, seed)
         expected = modules[kind].extract(x)
         assert_same_features(model(x), expected)
-    if kind == "icg":  # the comparison of visibility means something: parts are visible in some images only
+    if kind.startswith("icg"):  # the comparison of visibility means something: parts visible in some images only
         visibility = modules[kind].extract(images(16, 3)).visibility
         assert visibility.any() and not visibility.all()
         assert torch.equal(model(images(16, 3)).visibility, visibility)
@@ -143,7 +153,7 @@ def test_the_file_says_what_the_input_is_and_names_the_outputs(exported: dict[tu
     for kind, outputs in OUTPUTS.items():
         metadata = _exported(exported, kind, fmt).metadata
         assert metadata.image_size == SIZE and metadata.mean == IMAGENET_MEAN and metadata.std == IMAGENET_STD
-        assert metadata.outputs == outputs and metadata.num_parts == (4 if kind == "icg" else 0)
+        assert metadata.outputs == outputs and metadata.num_parts == (0 if kind == "bot" else 4)
     if fmt == "onnx":  # what another runtime sees: named outputs, a symbolic batch, the metadata as properties
         onnx = pytest.importorskip("onnx")
         graph_model = onnx.load(str(exported["icg", "onnx"]))

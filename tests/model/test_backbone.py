@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18
 
-from icg.model.backbone import PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone
+from icg.model.backbone import MobileNetV2Backbone, PretrainedWeightsUnavailableError, ResNetBackbone, build_backbone
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 URL
 
@@ -137,7 +137,7 @@ def test_weights_file_errors_name_the_problem(tmp_path) -> None:
         build_backbone("resnet18", weights=str(wrong_architecture))
     no_backbone = tmp_path / "heads.pt"
     torch.save({"classifier.weight": torch.zeros(3, 3)}, no_backbone)
-    with pytest.raises(ValueError, match="heads.pt holds no ResNet backbone weights"):
+    with pytest.raises(ValueError, match="heads.pt holds no resnet18 backbone weights"):
         build_backbone("resnet18", weights=str(no_backbone))
     not_weights = tmp_path / "notes.pt"
     not_weights.write_text("hello")
@@ -175,3 +175,46 @@ def test_weights_as_member_or_path(tmp_path, monkeypatch) -> None:
         build_backbone("resnet18", weights=ResNet50_Weights.IMAGENET1K_V1)
     with pytest.raises(TypeError, match="weights must be a torchvision weight name or member, a file or None"):
         build_backbone("resnet18", weights=True)
+
+
+def test_mobilenet_v2_is_torchvisions_features_with_the_last_downsampling_at_stride_1() -> None:
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    reference = mobilenet_v2(weights=None).eval()
+    state = {k: v for k, v in reference.state_dict().items() if k.startswith("features.")}
+    images = torch.randn(2, 3, 64, 32)
+    plain = MobileNetV2Backbone(weights=None, output_stride=32)
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(images), reference.features(images))
+    backbone = build_backbone("mobilenet_v2", weights=None)  # output stride 16: a 64x32 image gives a 4x2 map
+    backbone.load_state_dict(state)
+    with torch.no_grad():
+        out = backbone.eval()(images)
+        # the blocks before the changed one are torchvision's; from there on only the stride of one depthwise
+        # convolution differs, so at stride 32 the torchvision output is every other cell of ours at that block
+        before = reference.features[:14](images)
+        torch.testing.assert_close(backbone.features[:14](images), before)
+    assert out.shape == (2, 1280, 4, 2) and backbone.out_channels == 1280
+    assert backbone.output_size((256, 128)) == (16, 8) and backbone.output_size((250, 100)) == (16, 7)
+    strides = [m.stride for m in backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1)]
+    assert len(strides) == 4  # five downsamplings in torchvision's MobileNetV2, the last one removed
+    with pytest.raises(ValueError, match="output_stride of mobilenet_v2 must be 16 or 32"):
+        build_backbone("mobilenet_v2", weights=None, output_stride=8)
+
+
+def test_mobilenet_v2_weights_from_a_file_of_features(tmp_path) -> None:
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(1)
+    state = mobilenet_v2(weights=None).state_dict()  # with the classifier, which a backbone leaves out
+    torch.save(state, tmp_path / "mobilenet.pt")
+    backbone = build_backbone("mobilenet_v2", weights=str(tmp_path / "mobilenet.pt"))
+    torch.testing.assert_close(backbone.state_dict()["features.18.1.running_var"], state["features.18.1.running_var"])
+    torch.save({"features.0.0.weight": torch.zeros(1)}, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="broken.pt does not hold mobilenet_v2 backbone weights.*missing"):
+        build_backbone("mobilenet_v2", weights=str(tmp_path / "broken.pt"))
+    torch.save(build_backbone("resnet18", weights=None).state_dict(), tmp_path / "resnet18.pt")
+    with pytest.raises(ValueError, match="resnet18.pt holds no mobilenet_v2 backbone weights.*'features.0.0.weight'"):
+        build_backbone("mobilenet_v2", weights=str(tmp_path / "resnet18.pt"))
