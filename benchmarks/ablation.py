@@ -181,7 +181,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
         num_classes=datamodule.num_classes,
         num_train_samples=datamodule.num_train_samples,
         image_size=tuple(args.image_size),
-        backbone="resnet18",
+        backbone=args.backbone,
         weights=str(args.init) if args.init else None,
         num_parts=variant.num_parts,
         use_afm=variant.use_afm,
@@ -225,6 +225,9 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     if module.net.graph is not None:
         result["adjacency_deviation"] = float((module.net.graph.adjacency - 0.5).abs().mean())
     result["minutes"] = (time.perf_counter() - start) / 60
+    if args.checkpoints is not None:  # the trained model, for benchmarks that read models (video_foreground.py)
+        args.checkpoints.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(args.checkpoints / f"{name}-seed{seed}.ckpt")
     return result
 
 
@@ -251,6 +254,8 @@ def main() -> None:
     parser.add_argument(
         "--init", type=Path, default=None, help="backbone weights to start from (a stand-in); default: from scratch"
     )
+    parser.add_argument("--backbone", default="resnet18", help="icg.model.BACKBONES")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="a folder to save each trained model in")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument(
         "--image-size", type=int, nargs=2, default=[128, 64], metavar=("H", "W"), help="rendered and network size"
@@ -271,7 +276,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"Machine: {describe()}", flush=True)
-    init = "stand-in" if args.init else "scratch"
+    init = f"{args.backbone} from {args.init.name}" if args.init else "scratch"
     for seed in args.seeds:
         for name in args.runs:
             # re-read each time: another process (other runs or seeds in parallel) may have added entries
