@@ -38,12 +38,10 @@ class SpatialAttention(nn.Module):
 
     Why the mean is fixed: with a free overall scale the attention collapses. BNNeck makes the identity
     cross-entropy blind to the feature scale, while the triplet and center losses on the features before BN
-    shrink with it, so the easiest descent is ``S_A -> 0`` everywhere. Measured on synthetic pedestrians (ICG
-    from scratch, 4 epochs): the convolution's weights turned negative, ``S_A`` was below 0.05 in every cell but
-    the top-left ones (0.2-0.3), and the foreground rule of eq. 3, read from ``||F_g||``, marked those corners:
-    the picture of parts on background corners. With the mean fixed, the attention can only make some cells
-    count more than others, which is what it is for; eq. 3 divides by the image's largest activation, so it is
-    unchanged by the normalisation.
+    shrink with it, so the easiest descent is ``S_A -> 0`` everywhere but a few corner cells, which eq. 3 then
+    calls the foreground (``docs/DECISIONS.md``). With the mean fixed, the attention can only make some cells count
+    more than others, which is what it is for; eq. 3 divides by the image's largest activation, so it is unchanged
+    by the normalisation.
 
     Args:
         kernel_size: odd size of the convolution; padding keeps ``h x w`` (:func:`attention_kernel` gives the one

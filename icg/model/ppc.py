@@ -1,18 +1,16 @@
 """Pixel-wise human parts clustering (PPC), paper section 2.2, eq. 5-8 and 18-19.
 
 A 1x1 convolution on the per-pixel L2-normalised map gives ``K + 1`` logits per cell, multiplied by a fixed
-``logit_scale``; their softmax is ``P_0 .. P_K`` with ``P_0`` the background. The classifier is trained against
+scale (:data:`LOGIT_SCALE`); their softmax is ``P_0 .. P_K`` with ``P_0`` the background. The classifier is trained against
 the K-means pseudo-labels (``L_par``, pixel cross-entropy); the clustering lives outside the network.
 
 Why a logit scale: on unit vectors a default-initialised 1x1 convolution gives logits within ``||w_k|| ~ 0.6``
-of its bias, and Adam grows ``||w_k||`` by about its learning rate per step. The background, 70-90% of the
-labelled cells, then wins the arg-max in every cell for thousands of steps: no part is ever visible, so the
-retrieval distance (eq. 15) and the graph never see one. Measured on frozen ResNet-18 cell features with fixed
-positional labels (``../shared/diagnostics/ppc_sim.py``): 0.00 of 4 parts visible per image after 200 Adam
-steps without a scale, 0.41 after 1,000; 4.00 with ``logit_scale=16`` (or without the normalisation, which makes
-the logits depend on the feature norms instead). A scale keeps what the normalisation is for, a classification
-by the direction of the features, the quantity the K-means labels are computed from: a bright and a dim cell of
-the same part get the same label. It is the temperature of a cosine-softmax classifier (NormFace, CosFace).
+of its bias, and Adam grows ``||w_k||`` by about its learning rate per step. The background, most of the labelled
+cells, then wins the arg-max in every cell for thousands of steps: no part is ever visible, so the retrieval
+distance (eq. 15) and the graph never see one (``../shared/diagnostics/ppc_sim.py``; ``docs/RESULTS.md`` measures
+the scale against its absence). A scale keeps what the normalisation is for, a classification by the direction of
+the features, the quantity the K-means labels are computed from: a bright and a dim cell of the same part get the
+same label. It is the temperature of a cosine-softmax classifier (NormFace, CosFace).
 
 Part features are *weighted means*, ``f_k = sum_xy P_k(x, y) F_g(x, y) / (sum_xy P_k(x, y) + eps)``, rather
 than the plain average of ``F_g * P_k`` over all cells that eq. 7-8 suggest: with the plain average a part
@@ -23,9 +21,8 @@ cells the part covers, whatever their number.
 A part is *visible* in an image when it is the arg-max class of at least one cell (appendix A.1.1); only
 visible parts enter the retrieval distance and the graph. Option ``assignment="foreground"``
 (:func:`assign_parts`): a cell is background only when ``P_0`` beats the union of the parts (eq. 8), and a
-foreground cell belongs to its most probable part. Measured from scratch (128x64, identity foreground): the
-classifier put ``P_0`` at 0.42 on person cells and 0.82 on background, but split the rest over six parts, so the
-arg-max marked 4% of the cells (0.73 visible parts per test image) where the union marked 34% (2.95).
+foreground cell belongs to its most probable part; where the classifier spreads the person over several parts, the
+arg-max gives most person cells to the background.
 """
 
 from __future__ import annotations
