@@ -212,6 +212,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
             result.update(breakdown)
             quality = label_quality(predicted, truth)
             result.update(visible_parts=float(np.mean(visible)), test_fg_precision=quality["fg_precision"])
+            result["test_fg_recall"] = quality["fg_recall"]
             if variant.use_ppc:
                 result.update(test_purity=quality["purity"], test_order=quality["order"])
     labels = module.part_labels
