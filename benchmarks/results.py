@@ -259,9 +259,10 @@ def document() -> str:
         "Values: mean ± half-range over seeds, in %.",
         "",
         "Columns after Rank-1: the mAP of the global feature alone; on the test images, the visible parts per image, "
-        "the share of predicted part cells on the person (fg precision) and of person cells in a part (fg recall), the share of part cells whose true body part "
-        "is their part's majority one (part purity) and the share of images whose parts run top to bottom; on the "
-        "training images, the last clustering's pseudo-labels (their foreground precision and part purity).",
+        "the share of predicted part cells on the person (fg precision) and of person cells in a part (fg recall), "
+        "the share of part cells whose true body part is their part's majority one (part purity) and the share of "
+        "images whose parts run top to bottom; on the training images, the last clustering's pseudo-labels (their "
+        "foreground precision and recall, and part purity).",
         "",
         "## The rule applied (`docs/DECISIONS.md`)",
         "",
