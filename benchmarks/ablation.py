@@ -1,7 +1,7 @@
 """Ablation study on synthetic pedestrians: BoT, +AFM, +PPC, +PPC+FSG, full ICG (paper Table 2), full ICG for
 K = 3..7 parts (Table 3), the foreground rules (eq. 3 at 0.5 or Otsu's threshold, the identity contrast), the
-part assignment, the mechanisms the project adds (the pixel classifiers' logit scale, the attention kernel fitted
-to the map) and ICG trained on the true part masks; the same data, budget and seeds for every row. Each finished run
+part assignment, the mechanisms the project adds (the pixel classifiers' logit scale, part centroids shared by all
+identities) and ICG trained on the true part masks; the same data, budget and seeds for every row. Each finished run
 is one JSON line in ``--log``; ``benchmarks/results.py`` turns the logs into ``docs/RESULTS.md``.
 
 Every run uses the `make demo` recipe (ResNet-18, 128x64, PK 8 x 4, AdamW, 8 epochs, part clustering every
@@ -57,7 +57,8 @@ class Variant:
     fg_signal: str = "activation"  # or "identity": what recurs in an identity's images
     part_assignment: str = "argmax"  # or "foreground": background against the union of the parts first (eq. 8)
     logit_scale: float = ppc.LOGIT_SCALE  # of the pixel classifiers; 1 is the plain normalised classifier
-    attention_kernel: int | None = None  # None: the library's, fitted to the map
+    attention_kernel: int | None = None  # None: the library's (CBAM's 7)
+    shared_parts: bool = False  # one K-means over all identities, with the height (PartClustering(shared_parts=True))
 
 
 IDENTITY = Variant(fg_threshold="otsu", fg_signal="identity", part_assignment="foreground")
@@ -71,7 +72,8 @@ RUNS = {
     "ICG-K6-identity": IDENTITY,  # the project's variant: the foreground from the identity contrast
     "ICG-K6-identity-argmax": replace(IDENTITY, part_assignment="argmax"),
     "ICG-K6-identity-scale1": replace(IDENTITY, logit_scale=1.0),
-    "ICG-K6-identity-kernel7": replace(IDENTITY, attention_kernel=7),
+    "ICG-K6-identity-kernel3": replace(IDENTITY, attention_kernel=3),  # the 128x64 kernel of commit ff32627
+    "ICG-K6-identity-height-shared": replace(IDENTITY, shared_parts=True),
     "ICG-true-parts": Variant(num_parts=NUM_TRUE_LABELS - 1, true_parts=True),  # head .. bag: K = 5
 }
 UNSEEN = dict(  # the generator's other settings: a population no option was chosen on
@@ -198,7 +200,9 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     if variant.attention_kernel is not None and module.net.attention is not None:
         module.net.attention = SpatialAttention(kernel_size=variant.attention_kernel)
         module.net.to(memory_format=module.memory_format)
-    labels = TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2)
+    labels = (
+        TruePartLabels() if variant.true_parts else PartClustering(every_n_epochs=2, shared_parts=variant.shared_parts)
+    )
     trainer = quiet_trainer(max_epochs=args.epochs, callbacks=[labels])
     start = time.perf_counter()
     with logit_scale(variant.logit_scale):

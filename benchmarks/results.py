@@ -43,14 +43,15 @@ ROWS = {  # run name -> what it is
     "ICG-K6-eq16": "ICG with the AFM's own head for P_f (eq. 16) instead of the union of the parts",
     "ICG-K6-otsu": "ICG, eq. 3 with Otsu's threshold",
     "ICG-K6-otsu-refit": "ICG, eq. 3 with Otsu, classifier refitted (removed)",
-    "ICG-K6-identity": "ICG, the project's variant: identity contrast, Otsu, foreground-first parts",
+    "ICG-K6-identity": "ICG, the project's core: identity contrast, Otsu, foreground-first parts (3x3 attention)",
     "ICG-K6-identity-argmax": "the variant with arg-max parts",
     "ICG-K6-identity-position": "the variant + the cell's height as a classifier input (removed)",
     "ICG-K6-identity-refit": "the variant + the classifier refitted to each clustering (removed)",
     "ICG-K6-identity-refit-position": "the variant + refit + height input (removed)",
     "ICG-K6-identity-height": "the variant + the cell's height in K-means, w = 2 (removed)",
     "ICG-K6-identity-shared": "the variant + one K-means over all identities (removed)",
-    "ICG-K6-identity-height-shared": "the variant + height in K-means + one K-means over all identities (removed)",
+    "ICG-K6-identity-height-shared": "the variant + one K-means over all identities with the cell's height "
+    "(PartClustering(shared_parts=True))",
     "ICG-K6-identity-refit-position-height": "the variant + refit + height input + height in K-means (removed)",
     "ICG-K6-identity-refit-position-shared": "the ablations' best stack: variant + refit + height input + height in "
     "K-means + one K-means over all identities (removed)",
@@ -58,7 +59,7 @@ ROWS = {  # run name -> what it is
     "ICG-K6-identity-refit-rows-shared": "that stack with a one-hot of the row as input (removed)",
     "ICG-K6-identity-eq16": "the variant with the AFM's own head for P_f (eq. 16; removed)",
     "ICG-K6-identity-scale1": "the variant without the pixel classifiers' logit scale (s = 1)",
-    "ICG-K6-identity-kernel7": "the variant with the attention's 7x7 kernel on the 8x4 map",
+    "ICG-K6-identity-kernel7": "the variant with CBAM's 7x7 attention kernel on the 8x4 map (now the only one)",
     "ICG-true-parts": "ICG trained on the generator's true part masks (K = 5)",
 }
 
@@ -161,9 +162,13 @@ DECISIONS = (  # on the unseen population: an option stays when its row beats it
     Decision(
         "refit_classifier: the classifier refitted to each clustering", "ICG-K6-identity-refit", "ICG-K6-identity"
     ),
-    Decision("height_weight = 2: the cell's height in K-means", "ICG-K6-identity-height", "ICG-K6-identity"),
-    Decision("shared_parts: one K-means over all identities", "ICG-K6-identity-shared", "ICG-K6-identity"),
-    Decision("shared_parts with height_weight = 2", "ICG-K6-identity-height-shared", "ICG-K6-identity"),
+    Decision("the cell's height in each identity's K-means (w = 2)", "ICG-K6-identity-height", "ICG-K6-identity"),
+    Decision("one K-means over all identities, features alone", "ICG-K6-identity-shared", "ICG-K6-identity"),
+    Decision(
+        "shared_parts: one K-means over all identities, with the height",
+        "ICG-K6-identity-height-shared",
+        "ICG-K6-identity",
+    ),
     Decision("the ablations' best stack", "ICG-K6-identity-refit-position-shared", "ICG-K6-identity"),
 )
 MIN_SEEDS = 3

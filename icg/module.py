@@ -51,7 +51,6 @@ from icg.model import (
     PartAssignment,
     PixelPartClassifier,
     SpatialAttention,
-    attention_kernel,
     build_backbone,
     to_reid_features,
 )
@@ -173,7 +172,7 @@ class ICGModule(LightningModule):
         channels = trunk.out_channels
         self.net = ICGNet(
             trunk,
-            attention=SpatialAttention(kernel_size=attention_kernel(map_size)) if use_afm else None,
+            attention=SpatialAttention() if use_afm else None,
             part_classifier=PixelPartClassifier(channels, num_parts, assignment=part_assignment) if use_ppc else None,
             graph=FlexibleStructureGraph(num_parts, channels) if use_fsg else None,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from icg.model.afm import ForegroundHead, SpatialAttention, attention_kernel
+from icg.model.afm import ForegroundHead, SpatialAttention
 from icg.model.backbone import (
     BACKBONES,
     MobileNetV2Backbone,
@@ -39,7 +39,6 @@ __all__ = [
     "ResNetBackbone",
     "SpatialAttention",
     "assign_parts",
-    "attention_kernel",
     "build_backbone",
     "part_visibility",
     "to_reid_features",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from icg.model.ppc import PixelPartClassifier
 
-__all__ = ["ForegroundHead", "SpatialAttention", "attention_kernel"]
+__all__ = ["ForegroundHead", "SpatialAttention"]
 
 
 class SpatialAttention(nn.Module):
@@ -44,8 +44,7 @@ class SpatialAttention(nn.Module):
     by the normalisation.
 
     Args:
-        kernel_size: odd size of the convolution; padding keeps ``h x w`` (:func:`attention_kernel` gives the one
-            for a map size).
+        kernel_size: odd size of the convolution (CBAM's 7); padding keeps ``h x w``.
 
     Shapes:
         ``forward``: ``[B, C, h, w] -> [B, 1, h, w]``; multiply it into the map yourself (``F_g = x * S_A``).
@@ -86,10 +85,3 @@ class ForegroundHead(PixelPartClassifier):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__(in_channels, 1)
-
-
-def attention_kernel(map_size: tuple[int, int]) -> int:
-    """The attention's kernel for an ``h x w`` map: CBAM's 7, or, on a smaller map, the largest odd window that fits
-    in it (3 for the 8x4 map of a 128x64 input), so that the windows of the middle cells stay off the zero padding,
-    which would let the attention read every cell's position."""
-    return min(7, 2 * ((min(map_size) - 1) // 2) + 1)

@@ -1,8 +1,8 @@
 """Pixel-wise human parts clustering (PPC), paper section 2.2, eq. 5-8 and 18-19.
 
-A 1x1 convolution on the per-pixel L2-normalised map gives ``K + 1`` logits per cell, multiplied by a fixed
-scale (:data:`LOGIT_SCALE`); their softmax is ``P_0 .. P_K`` with ``P_0`` the background. The classifier is trained against
-the K-means pseudo-labels (``L_par``, pixel cross-entropy); the clustering lives outside the network.
+A 1x1 convolution on the per-pixel L2-normalised map gives ``K + 1`` logits per cell, multiplied by a fixed scale
+(:data:`LOGIT_SCALE`); their softmax is ``P_0 .. P_K`` with ``P_0`` the background. The classifier is trained
+against the K-means pseudo-labels (``L_par``, pixel cross-entropy); the clustering lives outside the network.
 
 Why a logit scale: on unit vectors a default-initialised 1x1 convolution gives logits within ``||w_k|| ~ 0.6``
 of its bias, and Adam grows ``||w_k||`` by about its learning rate per step. The background, most of the labelled

@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 
 from icg.contracts import ClusteringData, LabeledModel, require
 from icg.parts.kmeans import SphericalKMeans
-from icg.parts.labelling import ClusteringResult, cluster_part_labels
+from icg.parts.labelling import ClusteringResult, cluster_part_labels, stream_identities
+from icg.parts.shared import shared_part_centroids
 
 __all__ = ["PartClustering"]
 
@@ -51,17 +52,21 @@ class PartClustering(Callback):
     Args:
         every_n_epochs: ``n``, epochs between clusterings (the paper: 1; its appendix also uses 2).
         niter: K-means (Lloyd) iterations.
+        shared_parts: one K-means over the foreground cells of all identities, with each cell's height
+            (:mod:`icg.parts.shared`; not in the paper, which clusters each identity on its own), so that label ``k``
+            is one cluster for every identity. Costs a second pass over the training images.
 
     Outside a Trainer, :meth:`cluster` labels a module directly (a notebook, a test).
     """
 
-    def __init__(self, *, every_n_epochs: int = 1, niter: int = 20) -> None:
+    def __init__(self, *, every_n_epochs: int = 1, niter: int = 20, shared_parts: bool = False) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"PartClustering: every_n_epochs must be >= 1, got {every_n_epochs}")
         if niter < 1:
             raise ValueError(f"PartClustering: niter must be >= 1, got {niter}")
         self.every_n_epochs = every_n_epochs
         self.niter = niter
+        self.shared_parts = shared_parts
         self.last_clustered_epoch: int | None = None
         self._kmeans: SphericalKMeans | None = None
 
@@ -123,24 +128,43 @@ class PartClustering(Callback):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         device = module.device
         started = time.perf_counter()
+        reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if world_size > 1 else None
+        kmeans = self._kmeans_for(num_parts, device)
+        options = dict(
+            label_size=part_labels.size,
+            fg_signal=module.fg_signal,
+            fg_threshold=module.fg_threshold,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            progress=progress,
+        )
         was_training = module.training
         module.eval()
         try:
+            centroids = None
+            if self.shared_parts:
+                identities = stream_identities(module.feature_maps, dataset, pids, **options)
+                num_identities = len(set(int(pid) for pid in pids))
+                centroids = shared_part_centroids(
+                    identities,
+                    num_parts,
+                    num_identities=num_identities,
+                    height=part_labels.size[0],
+                    kmeans=kmeans,
+                    reduce=reduce,
+                    device=device,
+                )
             local = cluster_part_labels(
                 module.feature_maps,
                 dataset,
                 pids,
                 num_parts,
-                label_size=part_labels.size,
-                fg_signal=module.fg_signal,
-                fg_threshold=module.fg_threshold,
-                kmeans=self._kmeans_for(num_parts, device),
-                batch_size=batch_size,
-                num_workers=num_workers,
-                device=device,
-                rank=rank,
-                world_size=world_size,
-                progress=progress,
+                kmeans=kmeans,
+                centroids=centroids if centroids is not None and len(centroids) else None,
+                **options,
             )
         finally:
             module.train(was_training)
@@ -153,8 +177,8 @@ class PartClustering(Callback):
             dtype=torch.int64,
         )
         counts = torch.cat([counts, local.part_cells]).to(device)
-        if world_size > 1:
-            labels, labeled, counts = (trainer.strategy.reduce(t, reduce_op="sum") for t in (labels, labeled, counts))
+        if reduce is not None:
+            labels, labeled, counts = reduce(labels), reduce(labeled), reduce(counts)
         part_labels.assign(labels, labeled.bool())
         counts = counts.cpu()
         result = ClusteringResult(

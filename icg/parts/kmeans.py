@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SphericalKMeans", "kmeans_plusplus"]
+__all__ = ["SphericalKMeans", "kmeans_plusplus", "parts_top_to_bottom"]
 
 _POINTS_PER_THREAD = 2048  # CPU K-means: fewer points than this per OpenMP thread and threads cost more than they give
 
@@ -144,3 +144,25 @@ class SphericalKMeans:
         finally:
             self.faiss.omp_set_num_threads(threads)
         return assignment[:, 0].astype(np.int64)
+
+
+def parts_top_to_bottom(assignment: np.ndarray, rows: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Part label of each cluster: ``1..K`` in the order of the clusters' mean row (top first).
+
+    Args:
+        assignment: ``[n]`` cluster id of each cell, in ``0..K-1``.
+        rows: ``[n]`` feature-map row of each cell.
+        num_clusters: ``K``.
+
+    Returns:
+        ``int64 [K]``: entry ``c`` is the part label of cluster ``c``. Empty clusters come last; ties keep the
+        cluster order.
+    """
+    counts = np.bincount(assignment, minlength=num_clusters)
+    sums = np.bincount(assignment, weights=rows.astype(np.float64), minlength=num_clusters)
+    mean_row = np.full(num_clusters, np.inf)
+    np.divide(sums, counts, out=mean_row, where=counts > 0)
+    order = np.argsort(mean_row, kind="stable")
+    labels = np.empty(num_clusters, dtype=np.int64)
+    labels[order] = np.arange(1, num_clusters + 1)
+    return labels

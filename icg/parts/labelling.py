@@ -37,9 +37,10 @@ from icg.parts.foreground import (
     foreground_target,
     identity_foreground,
 )
-from icg.parts.kmeans import SphericalKMeans
+from icg.parts.kmeans import SphericalKMeans, parts_top_to_bottom
+from icg.parts.shared import height_points
 
-__all__ = ["ClusteringResult", "IdentityCells", "cluster_part_labels", "parts_top_to_bottom", "stream_identities"]
+__all__ = ["ClusteringResult", "IdentityCells", "cluster_part_labels", "stream_identities"]
 
 
 @dataclass
@@ -75,28 +76,6 @@ class ClusteringResult:
     def part_share(self) -> Tensor:
         """``float [K]``: each part's share of the clustered foreground cells (sums to 1 when any)."""
         return self.part_cells.double() / max(int(self.part_cells.sum()), 1)
-
-
-def parts_top_to_bottom(assignment: np.ndarray, rows: np.ndarray, num_clusters: int) -> np.ndarray:
-    """Part label of each cluster: ``1..K`` in the order of the clusters' mean row (top first).
-
-    Args:
-        assignment: ``[n]`` cluster id of each cell, in ``0..K-1``.
-        rows: ``[n]`` feature-map row of each cell.
-        num_clusters: ``K``.
-
-    Returns:
-        ``int64 [K]``: entry ``c`` is the part label of cluster ``c``. Empty clusters come last; ties keep the
-        cluster order.
-    """
-    counts = np.bincount(assignment, minlength=num_clusters)
-    sums = np.bincount(assignment, weights=rows.astype(np.float64), minlength=num_clusters)
-    mean_row = np.full(num_clusters, np.inf)
-    np.divide(sums, counts, out=mean_row, where=counts > 0)
-    order = np.argsort(mean_row, kind="stable")
-    labels = np.empty(num_clusters, dtype=np.int64)
-    labels[order] = np.arange(1, num_clusters + 1)
-    return labels
 
 
 @dataclass
@@ -221,6 +200,7 @@ def cluster_part_labels(
     fg_signal: FgSignal = "activation",
     fg_threshold: FgThreshold = 0.5,
     kmeans: SphericalKMeans | None = None,
+    centroids: Tensor | None = None,
     seed: int = 0,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -245,6 +225,10 @@ def cluster_part_labels(
         fg_threshold: how each image's scores are split: a share in ``[0, 1]``, or ``"otsu"``.
         kmeans: the K-means back-end to reuse (default: a new :class:`~icg.parts.kmeans.SphericalKMeans` with
             ``num_parts`` clusters on ``device``).
+        centroids: ``[K', C + 2]`` part centroids shared by all identities
+            (:func:`~icg.parts.shared.shared_part_centroids`): each foreground cell, with its height
+            (:func:`~icg.parts.shared.height_points`), gets the label of its nearest centroid (``1..K'`` in their
+            order) instead of a K-means of its identity.
         seed: the K-means seeding's seed (>= 0); identity ``j`` of the sorted ids draws from ``(seed, j)``.
         batch_size, num_workers: of the pass's DataLoader.
         device: where ``feature_fn`` runs (default CPU).
@@ -273,6 +257,10 @@ def cluster_part_labels(
         kmeans = SphericalKMeans(num_parts, device=device)
     elif kmeans.num_clusters != num_parts:
         raise ValueError(f"{caller}: kmeans has {kmeans.num_clusters} clusters, num_parts is {num_parts}")
+    if centroids is not None and (centroids.dim() != 2 or not 0 < len(centroids) <= num_parts):
+        raise ValueError(
+            f"{caller}: centroids must be [K', D] with 0 < K' <= num_parts={num_parts}, got {tuple(centroids.shape)}"
+        )
     height, width = label_size
     result = ClusteringResult(
         labels=torch.zeros(len(dataset), height, width, dtype=torch.uint8),
@@ -300,9 +288,18 @@ def cluster_part_labels(
             result.skipped_identities += 1
             continue
         cells = torch.cat(identity.cells)
-        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks]).numpy()
-        assignment = kmeans.fit_predict(cells.numpy(), rng=np.random.default_rng((seed, identity.ordinal)))
-        parts = torch.from_numpy(parts_top_to_bottom(assignment, rows, num_parts)[assignment])
+        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks])
+        if centroids is not None:
+            points = height_points(cells, rows, height)
+            if points.shape[1] != centroids.shape[1]:
+                raise ValueError(
+                    f"{caller}: centroids have {centroids.shape[1]} dimensions, the cells with their height "
+                    f"{points.shape[1]}; compute them with shared_part_centroids on the same feature_fn"
+                )
+            parts = (points @ centroids.float().T).argmax(dim=1) + 1
+        else:
+            assignment = kmeans.fit_predict(cells.numpy(), rng=np.random.default_rng((seed, identity.ordinal)))
+            parts = torch.from_numpy(parts_top_to_bottom(assignment, rows.numpy(), num_parts)[assignment])
         result.part_cells += torch.bincount(parts - 1, minlength=num_parts)
         for row, mask, cell_parts in zip(identity.rows, identity.masks, parts.split(counts)):
             result.labels[row][mask] = cell_parts.to(torch.uint8)

@@ -114,9 +114,11 @@ def test_a_recipe_resolves_to_its_values(name: str, capsys) -> None:
     for dotted, wanted in expected_values(name).items():
         assert value(config, dotted) == wanted, dotted
     callbacks = [callback["class_path"] for callback in config["trainer"]["callbacks"]]
-    if name == "synthetic":
+    if name == "synthetic" or name.endswith("_identity"):  # the variant clusters with shared parts
         assert callbacks == [*BASE_CALLBACKS, "icg.parts.PartClustering"]
-        assert config["trainer"]["callbacks"][-1]["init_args"]["every_n_epochs"] == 2
+        clustering = config["trainer"]["callbacks"][-1]["init_args"]
+        assert clustering["shared_parts"] is True
+        assert clustering["every_n_epochs"] == (2 if name == "synthetic" else 1)
     else:
         assert callbacks == BASE_CALLBACKS
 
@@ -137,3 +139,22 @@ def test_a_recipe_is_read_after_the_base_by_name_or_by_path(tmp_path) -> None:
     assert resolve_config_names(["fit", "--config", str(mine)]) == ["fit", "--config", str(mine)]
     with pytest.raises(FileNotFoundError, match="did you mean market1501"):
         resolve_config_names(["fit", "--config", "market1051"])
+
+
+def test_the_readme_names_every_shipped_recipe_and_no_other() -> None:
+    """The README's which-recipe table and the shipped recipes agree: every row names recipes that exist, and every
+    recipe is in a row (per dataset, written ``market1501`` ... and ``*_bot`` / ``*_identity``)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Which recipe", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named = set()
+    for row in rows:
+        for name in re.findall(r"`([a-z0-9_*]+)`", row.split("|")[1]):
+            if name.startswith("*"):
+                named |= {stem + name[1:] for stem in DATASETS}
+            else:
+                named.add(name)
+    assert named == set(shipped_recipes())

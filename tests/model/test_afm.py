@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from icg.model.afm import ForegroundHead, SpatialAttention, attention_kernel
+from icg.model.afm import ForegroundHead, SpatialAttention
 from icg.model.ppc import LOGIT_SCALE
 
 
@@ -66,14 +66,3 @@ def test_foreground_head_is_a_scaled_linear_map_of_normalized_cells() -> None:
     expected = LOGIT_SCALE * (np.einsum("oc,bchw->bohw", weight, unit) + bias[None, :, None, None])
     assert head(x).shape == (2, 2, 3, 2)
     np.testing.assert_allclose(head(x).detach().numpy(), expected, rtol=1e-10)
-
-
-@pytest.mark.parametrize(("map_size", "kernel"), [((16, 8), 7), ((32, 16), 7), ((8, 4), 3), ((12, 6), 5), ((4, 2), 1)])
-def test_the_attention_kernel_is_cbams_or_the_largest_window_the_middle_cells_keep_off_the_padding(
-    map_size: tuple[int, int], kernel: int
-) -> None:
-    assert attention_kernel(map_size) == kernel
-    # a middle column's window (half-width kernel // 2) stays inside the map
-    width = min(map_size)
-    middle = (width - 1) // 2
-    assert middle - kernel // 2 >= 0 and middle + kernel // 2 <= width - 1

@@ -179,9 +179,11 @@ def test_resume_keeps_labels_and_the_schedule(synthetic_root: Path, tmp_path: Pa
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["per-identity", "shared-parts"])
+def test_ddp_ranks_agree_with_a_single_process_run(synthetic_root: Path, tmp_path: Path, shared: bool) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(REPO / "tests/scripts/ddp_clustering.py"), str(synthetic_root), str(tmp_path)]
+    command += ["shared"] * shared
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

@@ -1,9 +1,10 @@
 """Two-process DDP run (CPU, gloo) of :class:`icg.parts.PartClustering`, for ``tests/parts/test_callback.py``.
 
-Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR`` where ``DATA_ROOT`` holds the synthetic data of
-the test's datamodule. One epoch clusters at its start; each rank then saves its ``labels``, ``labeled`` and the
-number of identities it clustered itself to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy of the initial model
-in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
+Usage: ``python tests/scripts/ddp_clustering.py DATA_ROOT OUT_DIR [shared]`` where ``DATA_ROOT`` holds the synthetic
+data of the test's datamodule; with ``shared``, the clustering runs with ``shared_parts=True`` (one K-means over all
+identities, whose sample the ranks gather). One epoch clusters at its start; each rank then saves its ``labels``,
+``labeled`` and the number of identities it clustered itself to ``OUT_DIR/rank<r>.pt``. Rank 0 also clusters a copy
+of the initial model in a single process (no sharding, no reduction) and saves it to ``OUT_DIR/single.pt``.
 
 Features are extracted one image at a time on one thread, so that the two runs see bit-identical feature maps
 (batch composition differs between them, and CPU convolutions may round differently for different batch sizes).
@@ -53,7 +54,7 @@ def build(datamodule: SyntheticDataModule) -> ICGModule:
     )
 
 
-def main(root: str, out: Path) -> None:
+def main(root: str, out: Path, shared: bool) -> None:
     datamodule = SyntheticDataModule(
         root=root,
         num_train_ids=4,
@@ -80,7 +81,7 @@ def main(root: str, out: Path) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
-        callbacks=[PartClustering()],
+        callbacks=[PartClustering(shared_parts=shared)],
     )
     trainer.fit(module, datamodule=datamodule)
     torch.save(
@@ -94,7 +95,7 @@ def main(root: str, out: Path) -> None:
         single = build(datamodule)
         single.load_state_dict(initial)
         pids = [record.pid for record in datamodule.train_records]
-        result = PartClustering().cluster(single, datamodule.cluster_dataset(), pids, batch_size=1)
+        result = PartClustering(shared_parts=shared).cluster(single, datamodule.cluster_dataset(), pids, batch_size=1)
         torch.save(
             {**single.part_labels.state_dict(), "identities": result.clustered_identities},
             out / "single.pt",
@@ -102,4 +103,4 @@ def main(root: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["shared"])
