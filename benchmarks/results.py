@@ -43,7 +43,7 @@ ROWS = {  # run name -> what it is
     "ICG-K6-eq16": "ICG with the AFM's own head for P_f (eq. 16) instead of the union of the parts",
     "ICG-K6-otsu": "ICG, eq. 3 with Otsu's threshold",
     "ICG-K6-otsu-refit": "ICG, eq. 3 with Otsu, classifier refitted (removed)",
-    "ICG-K6-identity": "ICG, the project's core: identity contrast, Otsu, foreground-first parts (3x3 attention)",
+    "ICG-K6-identity": "ICG, the project's core: identity contrast, Otsu, foreground-first parts",
     "ICG-K6-identity-argmax": "the variant with arg-max parts",
     "ICG-K6-identity-position": "the variant + the cell's height as a classifier input (removed)",
     "ICG-K6-identity-refit": "the variant + the classifier refitted to each clustering (removed)",
@@ -78,7 +78,7 @@ UNSEEN = Log(
     "`ablation.py --unseen`: the generator's other settings (seed 7000, 8 cameras, 6-14 training images per "
     "identity, half the identities in colour-swapped pairs, bags 60%, occluders 35%, JPEG 80), never used to choose "
     "anything; 100 training / 80 test identities, 128x64, ResNet-18 from scratch, 8 epochs, clustering every 2 "
-    "epochs. Code: commit ff32627 with the rows of one option each.",
+    "epochs. Code: commit ff32627 with the rows of one option each (its attention kernel at 128x64: 3x3).",
     (
         "BoT",
         "ICG-K6",
@@ -104,7 +104,7 @@ IMAGENET = Log(
     "`ablation.py --unseen --backbone mobilenet_v2 --init mobilenet_v2-imagenet.pt --image-size 256 128`: the "
     "ImageNet MobileNetV2 of `benchmarks/imagenet_weights.py` (output stride 16, a 16x8 map), the paper's learning "
     "rate 3.5e-4 for every layer, 8 epochs, clustering every 2 epochs, the population of the first table.",
-    ("BoT", "ICG-K6", "ICG-K6-identity"),
+    ("BoT", "ICG-K6", "ICG-K6-identity", "ICG-K6-identity-height-shared"),
 )
 LOGS = (
     UNSEEN,
