@@ -282,12 +282,21 @@ def main() -> None:
     args = parser.parse_args()
     print(f"Machine: {describe()}", flush=True)
     init = f"{args.backbone} from {args.init.name}" if args.init else "scratch"
+    population = (
+        f"{'unseen' if args.unseen else f'generator seed {args.generator_seed}'}, {args.train_ids} / {args.test_ids} "
+        f"ids, {args.image_size[0]}x{args.image_size[1]}, {args.epochs} epochs"
+    )
+    # the rows of one log are compared with each other: refuse to add runs of another population or budget
+    others = {e["population"] for e in read_log(args.log) if "population" in e} - {population}
+    if others:
+        parser.error(f"{args.log} holds runs of {sorted(others)}, not {population!r}: give another --log")
     for seed in args.seeds:
         for name in args.runs:
             # re-read each time: another process (other runs or seeds in parallel) may have added entries
             if any(e["run"] == name and e["seed"] == seed and e["init"] == init for e in read_log(args.log)):
                 continue
-            entry = {"run": name, "seed": seed, "init": init, "code": code_version(), **run(name, seed, args)}
+            entry = {"run": name, "seed": seed, "init": init, "population": population, "code": code_version()}
+            entry |= run(name, seed, args)
             print(json.dumps(entry), flush=True)
             with args.log.open("a") as handle:
                 handle.write(json.dumps(entry) + "\n")

@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/bench_clustering.py [--ids 751 --parts 6 --niter 20 --memory-ids 100 --epochs 3]``
 (``--skip kmeans,epoch,memory`` leaves parts out; ``--fg-signal identity`` times (a) with the identity contrast,
-which compares every cell with the identity's other images and 64 reference images).
+which compares every cell with the identity's other images and 64 reference images; ``--shared-parts`` times (b)
+with the part centroids shared by all identities, a sampling pass before the labelling pass).
 
 (a) **K-means alone, Market-1501 sized**: ``--ids`` identities with 10..24 images each (mean 17, Market-1501 has
     17.2), 16x8 feature maps of 2048 channels, ``K = --parts``. The maps are drawn, not computed: per identity,
@@ -185,7 +186,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
             weights=None,
             num_parts=args.parts,
         )
-        clustering, timer = TimedClustering(niter=args.niter), EpochTimer()
+        clustering, timer = TimedClustering(niter=args.niter, shared_parts=args.shared_parts), EpochTimer()
         trainer = quiet_trainer(
             accelerator="cpu",
             max_epochs=args.epochs,
@@ -197,6 +198,7 @@ def bench_epoch(args: argparse.Namespace) -> None:
     cluster, epoch = statistics.median(clustering.seconds), statistics.median(timer.seconds)
     print(
         f"(b) ICGModule resnet18 at 256x128 on SyntheticDataModule ({args.epoch_ids} ids, "
+        f"{'shared parts, ' if args.shared_parts else ''}"
         f"{datamodule.num_train_samples} images, {steps} batches of 16 per epoch), medians of {args.epochs} epochs:\n"
         f"    clustering pass {cluster:.1f} s, training epoch {epoch:.1f} s, ratio {cluster / epoch:.2f} "
         f"(per epoch: {', '.join(f'{c / e:.2f}' for c, e in zip(clustering.seconds, timer.seconds))})"
@@ -264,6 +266,9 @@ def main() -> None:
     parser.add_argument("--memory-ids", type=int, default=100)
     parser.add_argument(
         "--fg-signal", default="activation", choices=["activation", "identity"], help="the foreground rule of (a)"
+    )
+    parser.add_argument(
+        "--shared-parts", action="store_true", help="(b) with PartClustering(shared_parts=True): two passes"
     )
     parser.add_argument("--skip", default="", help="comma-separated: kmeans, epoch, memory")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)

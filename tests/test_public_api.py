@@ -1,4 +1,4 @@
-"""The public API: what ``icg`` exports is documented, the README and the examples import only from it, and
+"""The public API: what ``icg`` exports is documented, the README, the guide and the examples import only from it, and
 :func:`icg.build_module` sizes a model for its datamodule."""
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _python_sources() -> dict[str, str]:
-    """The Python code of the README's ``python`` blocks, the example scripts and the notebook's code cells."""
+    """The Python code of the README's and the guide's ``python`` blocks, the example scripts and the notebook's code
+    cells."""
     sources = {str(path.relative_to(REPO)): path.read_text() for path in (REPO / "examples").glob("*.py")}
-    readme = (REPO / "README.md").read_text()
-    sources["README.md"] = "\n".join(re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL))
+    for document in ("README.md", "docs/GUIDE.md"):
+        text = (REPO / document).read_text()
+        sources[document] = "\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL))
+        assert sources[document], f"{document} has no python block"
     notebook = json.loads((REPO / "examples" / "quickstart.ipynb").read_text())
     cells = ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
     sources["examples/quickstart.ipynb"] = "\n".join(cells)
