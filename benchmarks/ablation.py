@@ -87,6 +87,7 @@ UNSEEN = dict(  # the generator's other settings: a population no option was cho
     jpeg_quality=80,
 )
 UNSEEN_SEED = 7000
+UNSEEN_IDS = (100, 80)  # training and test identities of the unseen population
 
 
 class TruePartLabels(PartClustering):
@@ -269,8 +270,8 @@ def main() -> None:
         "--unseen", action="store_true", help=f"the population of UNSEEN (generator seed {UNSEEN_SEED})"
     )
     parser.add_argument("--generator-seed", type=int, default=0, help="the population, without --unseen")
-    parser.add_argument("--train-ids", type=int, default=80)
-    parser.add_argument("--test-ids", type=int, default=60)
+    parser.add_argument("--train-ids", type=int, default=None, help="default: 80, or 100 with --unseen")
+    parser.add_argument("--test-ids", type=int, default=None, help="default: 60, or 80 with --unseen")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-ablation"))
     parser.add_argument(
@@ -280,6 +281,9 @@ def main() -> None:
         help="one JSON line per finished run; finished runs are not repeated",
     )
     args = parser.parse_args()
+    default_ids = UNSEEN_IDS if args.unseen else (80, 60)  # the sizes of docs/RESULTS.md's tables
+    args.train_ids = default_ids[0] if args.train_ids is None else args.train_ids
+    args.test_ids = default_ids[1] if args.test_ids is None else args.test_ids
     print(f"Machine: {describe()}", flush=True)
     init = f"{args.backbone} from {args.init.name}" if args.init else "scratch"
     population = (
