@@ -151,6 +151,9 @@ class Decision:
     absence: str
 
 
+SHARED_PARTS = Decision(
+    "shared_parts: one K-means over all identities, with the height", "ICG-K6-identity-height-shared", "ICG-K6-identity"
+)
 DECISIONS = (  # on the unseen population: an option stays when its row beats its absence by more than the spread
     Decision(
         'part_assignment="foreground" (against the paper\'s arg-max)', "ICG-K6-identity", "ICG-K6-identity-argmax"
@@ -164,20 +167,12 @@ DECISIONS = (  # on the unseen population: an option stays when its row beats it
     ),
     Decision("the cell's height in each identity's K-means (w = 2)", "ICG-K6-identity-height", "ICG-K6-identity"),
     Decision("one K-means over all identities, features alone", "ICG-K6-identity-shared", "ICG-K6-identity"),
-    Decision(
-        "shared_parts: one K-means over all identities, with the height",
-        "ICG-K6-identity-height-shared",
-        "ICG-K6-identity",
-    ),
+    SHARED_PARTS,
     Decision("the ablations' best stack", "ICG-K6-identity-refit-position-shared", "ICG-K6-identity"),
 )
 FROM_IMAGENET = (  # the options in the *_identity recipes, from the real ImageNet start (the recipes' start)
     Decision("the project's variant (identity contrast, Otsu, foreground first)", "ICG-K6-identity", "ICG-K6"),
-    Decision(
-        "shared_parts: one K-means over all identities, with the height",
-        "ICG-K6-identity-height-shared",
-        "ICG-K6-identity",
-    ),
+    SHARED_PARTS,
 )
 VERDICT_HEADER = ("| option | row | absence | mAP | gain | spread | verdict |", "|---|---|---|---|---|---|---|")
 IMAGENET_INIT = "mobilenet_v2 from mobilenet_v2-imagenet.pt"

@@ -89,6 +89,12 @@ class IdentityCells:
     masks: list[Tensor] = field(default_factory=list)
     cells: list[Tensor] = field(default_factory=list)
 
+    def cell_rows(self) -> Tensor:
+        """``int64 [n]``: the map row of every foreground cell, in the order of ``torch.cat(cells)``."""
+        if not self.masks:
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.cat([mask.nonzero()[:, 0] for mask in self.masks])
+
 
 def _unit_cells(feature_map: Tensor) -> Tensor:
     """``[B, C, h, w] -> [B, h * w, C]``, every cell L2-normalised (float32)."""
@@ -288,7 +294,7 @@ def cluster_part_labels(
             result.skipped_identities += 1
             continue
         cells = torch.cat(identity.cells)
-        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks])
+        rows = identity.cell_rows()
         if centroids is not None:
             points = height_points(cells, rows, height)
             if points.shape[1] != centroids.shape[1]:

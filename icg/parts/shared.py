@@ -84,7 +84,7 @@ def shared_part_centroids(
     per_identity = -(-max_points // max(num_identities, 1))
     local: list[tuple[int, Tensor]] = []  # (ordinal, [n, D + 1]: points and their rows)
     for identity in identities:
-        rows = torch.cat([mask.nonzero()[:, 0] for mask in identity.masks]) if identity.masks else torch.zeros(0)
+        rows = identity.cell_rows()
         if not len(rows):
             continue
         points = height_points(torch.cat(identity.cells), rows, height)
